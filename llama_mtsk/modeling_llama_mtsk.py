@@ -1,0 +1,955 @@
+# Copyright 2026 The llama-mtsk authors. Licensed under the Apache License, Version 2.0.
+"""Llama-MTSK: Whisper and AV-HuBERT encoders, per-rate compression and projectors, and a frozen Llama-architecture
+LLM with Matryoshka LoRA, for audio (ASR), visual (VSR) and audio-visual (AVSR) speech recognition at the compression
+rate ("scale") the caller chooses.
+
+Reading order: the AV-HuBERT video encoder, compression and projectors, the Matryoshka LoRA, then the model.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration_llama_mtsk import AVHubertConfig, LlamaMTSKConfig
+
+
+# Whisper encodes 50 frames per second; the authors keep at least 25 of them (0.5 s) for very short clips.
+MIN_AUDIO_FRAMES = 25
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AV-HuBERT, video only. Module names follow fairseq's so that `large_vox_iter5.pt` maps key for key.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class AVHubertBasicBlock(nn.Module):
+    """ResNet-18 basic block with PReLU (or ReLU) activations."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, relu_type: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.PReLU(out_channels) if relu_type == "prelu" else nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.PReLU(out_channels) if relu_type == "prelu" else nn.ReLU()
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        hidden_states = self.relu1(self.bn1(self.conv1(hidden_states)))
+        hidden_states = self.bn2(self.conv2(hidden_states))
+        return self.relu2(hidden_states + residual)
+
+
+class AVHubertResNetTrunk(nn.Module):
+    """The 2-D ResNet-18 applied to every frame independently; ends with global average pooling."""
+
+    def __init__(self, config: AVHubertConfig):
+        super().__init__()
+        in_channels = config.frontend_channels
+        for stage, out_channels in enumerate(config.resnet_channels, start=1):
+            stride = 1 if stage == 1 else 2
+            blocks = nn.Sequential(
+                AVHubertBasicBlock(in_channels, out_channels, stride, config.resnet_relu_type),
+                AVHubertBasicBlock(out_channels, out_channels, 1, config.resnet_relu_type),
+            )
+            self.add_module(f"layer{stage}", blocks)
+            in_channels = out_channels
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = self.layer4(self.layer3(self.layer2(self.layer1(frames))))
+        return self.avgpool(frames).flatten(1)
+
+
+class AVHubertResEncoder(nn.Module):
+    """3-D convolution stem (5 frames of temporal context) followed by the per-frame ResNet trunk."""
+
+    def __init__(self, config: AVHubertConfig):
+        super().__init__()
+        channels = config.frontend_channels
+        self.frontend3D = nn.Sequential(
+            nn.Conv3d(1, channels, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
+            nn.BatchNorm3d(channels),
+            nn.PReLU(channels) if config.resnet_relu_type == "prelu" else nn.ReLU(),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        )
+        self.trunk = AVHubertResNetTrunk(config)
+
+    def forward(self, videos: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """videos: (B, 1, T, H, W); frame_mask: (B, T) bool. Returns (B, T, C) with zeros on padded frames."""
+        batch_size, _, num_frames = videos.shape[:3]
+        stem = self.frontend3D(videos)  # (B, C, T, H', W')
+        frames = stem.transpose(1, 2).flatten(0, 1)  # (B*T, C, H', W')
+        # The trunk has no temporal context: run it on real frames only, padded frames stay zero.
+        real = frame_mask.flatten()
+        features = frames.new_zeros(batch_size * num_frames, self.trunk.layer4[-1].bn2.num_features)
+        features[real] = self.trunk(frames[real])
+        return features.view(batch_size, num_frames, -1)
+
+
+class AVHubertVideoFeatureExtractor(nn.Module):
+    """fairseq's `SubModel` for the video stream: ResNet features projected to the transformer width."""
+
+    def __init__(self, config: AVHubertConfig):
+        super().__init__()
+        self.resnet = AVHubertResEncoder(config)
+        self.proj = nn.Linear(config.resnet_channels[-1], config.hidden_size)
+
+    def forward(self, videos: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.resnet(videos, frame_mask))
+
+
+class AVHubertWeightNormConv1d(nn.Module):
+    """Grouped 1-D convolution with weight normalisation over the kernel axis (fairseq's `weight_norm(dim=2)`), kept
+    as explicit `weight_g` / `weight_v` parameters so checkpoint keys match fairseq's."""
+
+    def __init__(self, channels: int, kernel_size: int, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.padding = kernel_size // 2
+        self.weight_g = nn.Parameter(torch.ones(1, 1, kernel_size))
+        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+        return F.conv1d(hidden_states, weight, self.bias, padding=self.padding, groups=self.groups)
+
+
+class AVHubertSamePad(nn.Module):
+    """An even kernel with `padding = kernel // 2` yields one extra frame: drop it."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.remove = 1 if kernel_size % 2 == 0 else 0
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states[..., : hidden_states.shape[-1] - self.remove]
+
+
+class AVHubertAttention(nn.Module):
+    def __init__(self, config: AVHubertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """key_mask: (B, 1, 1, T) bool, True where a key may be attended to."""
+        batch_size, length, _ = hidden_states.shape
+        shape = (batch_size, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(attended.transpose(1, 2).reshape(batch_size, length, -1))
+
+
+class AVHubertEncoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: AVHubertConfig):
+        super().__init__()
+        self.layer_norm_first = config.layer_norm_first
+        self.self_attn = AVHubertAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.activation = ACT2FN[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def _feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation_dropout(self.activation(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm_first:
+            hidden_states = hidden_states + self.dropout(self.self_attn(self.self_attn_layer_norm(hidden_states), key_mask))
+            return hidden_states + self._feed_forward(self.final_layer_norm(hidden_states))
+        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(self.self_attn(hidden_states, key_mask)))
+        return self.final_layer_norm(hidden_states + self._feed_forward(hidden_states))
+
+
+class AVHubertTransformerEncoder(nn.Module):
+    """fairseq's wav2vec 2.0 transformer: convolutional positional embedding, then pre-LN (or post-LN) layers."""
+
+    def __init__(self, config: AVHubertConfig):
+        super().__init__()
+        self.layer_norm_first = config.layer_norm_first
+        kernel_size = config.num_conv_pos_embeddings
+        self.pos_conv = nn.Sequential(
+            AVHubertWeightNormConv1d(config.hidden_size, kernel_size, config.num_conv_pos_embedding_groups),
+            AVHubertSamePad(kernel_size),
+            nn.GELU(),
+        )
+        self.layers = nn.ModuleList(AVHubertEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        # Zeroed padding makes the positional convolution see exactly what an unpadded clip sees.
+        hidden_states = hidden_states * frame_mask.unsqueeze(-1)
+        hidden_states = hidden_states + self.pos_conv(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if not self.layer_norm_first:
+            hidden_states = self.layer_norm(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        key_mask = frame_mask[:, None, None, :]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, key_mask)
+        if self.layer_norm_first:
+            hidden_states = self.layer_norm(hidden_states)
+        return hidden_states
+
+
+class AVHubertPreTrainedModel(PreTrainedModel):
+    config_class = AVHubertConfig
+    config: AVHubertConfig
+    base_model_prefix = "video_encoder"
+    main_input_name = "pixel_values_videos"
+    input_modalities = ("video",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AVHubertEncoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """fairseq's initialisation: He-normal convolutions in the ResNet, BERT-style N(0, 0.02) linear layers."""
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            fan_out = math.prod(module.kernel_size) * module.out_channels
+            init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.PReLU):
+            init.constant_(module.weight, 0.25)
+        elif isinstance(module, AVHubertWeightNormConv1d):
+            kernel_size, channels = module.weight_v.shape[-1], module.weight_v.shape[0]
+            init.normal_(module.weight_v, mean=0.0, std=math.sqrt(4.0 / (kernel_size * channels)))
+            init.copy_(module.weight_g, module.weight_v.norm(dim=(0, 1), keepdim=True))
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class AVHubertVideoEncoder(AVHubertPreTrainedModel):
+    """AV-HuBERT used on video alone: the audio half of the fused features is zeros, as in Llama-AVSR."""
+
+    def __init__(self, config: AVHubertConfig):
+        super().__init__(config)
+        self.feature_extractor_video = AVHubertVideoFeatureExtractor(config)
+        self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
+        self.post_extract_proj = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.dropout_input = nn.Dropout(config.hidden_dropout)
+        self.encoder = AVHubertTransformerEncoder(config)
+        self.post_init()
+
+    def forward(
+        self, pixel_values_videos: torch.Tensor, pixel_values_videos_mask: torch.Tensor | None = None
+    ) -> BaseModelOutput:
+        """
+        Args:
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch, frames, 1, height, width)`): normalised mouth crops.
+            pixel_values_videos_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*): 1 on real frames.
+        Returns:
+            `BaseModelOutput` whose `last_hidden_state` is `(batch, frames, hidden_size)`, one vector per frame (25 Hz).
+        """
+        if pixel_values_videos.dim() != 5 or pixel_values_videos.shape[2] != 1:
+            raise ValueError(
+                f"pixel_values_videos must be (batch, frames, 1, height, width), got {tuple(pixel_values_videos.shape)}"
+            )
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        if pixel_values_videos_mask is None:
+            frame_mask = torch.ones(batch_size, num_frames, dtype=torch.bool, device=pixel_values_videos.device)
+        else:
+            frame_mask = pixel_values_videos_mask.bool()
+        # Padded frames must be zero: the stem's temporal convolution then sees what an unpadded clip sees.
+        videos = (pixel_values_videos * frame_mask[:, :, None, None, None]).transpose(1, 2)
+        video_features = self.feature_extractor_video(videos, frame_mask)
+        features = torch.cat([torch.zeros_like(video_features), video_features], dim=-1)  # (zero audio, video)
+        features = self.dropout_input(self.post_extract_proj(self.layer_norm(features)))
+        return BaseModelOutput(last_hidden_state=self.encoder(features, frame_mask))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Compression and projection
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def compress_frames(
+    features: torch.Tensor, lengths: torch.Tensor, rate: int, method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compresses encoder frames by `rate` along time, each sample at its own length.
+
+    `avg_pool` averages every `rate` consecutive frames, `stack` concatenates them along channels; a trailing window
+    that is not full is dropped, except that a clip shorter than one window still gives one token (the mean, or the
+    zero-filled stack, of its real frames). Padded frames never enter a token.
+
+    Args:
+        features: `(batch, frames, dim)` encoder output.
+        lengths: `(batch,)` number of real frames per sample, each at least 1.
+    Returns:
+        `(tokens, token_counts)`: `(batch, max_tokens, dim)` for `avg_pool` or `(batch, max_tokens, dim * rate)` for
+        `stack`, and `(batch,)` real token counts.
+    """
+    batch_size, num_frames, dim = features.shape
+    token_counts = torch.clamp(lengths // rate, min=1)
+    max_tokens = int(token_counts.max())
+    frame_mask = torch.arange(num_frames, device=features.device)[None, :] < lengths[:, None]
+    features = features * frame_mask.unsqueeze(-1).to(features.dtype)
+    target_frames = max_tokens * rate
+    if target_frames > num_frames:
+        features = F.pad(features, (0, 0, 0, target_frames - num_frames))
+        frame_mask = F.pad(frame_mask, (0, target_frames - num_frames))
+    windows = features[:, :target_frames].reshape(batch_size, max_tokens, rate, dim)
+    if method == "stack":
+        return windows.reshape(batch_size, max_tokens, rate * dim), token_counts
+    real_per_window = frame_mask[:, :target_frames].reshape(batch_size, max_tokens, rate).sum(-1, keepdim=True)
+    return windows.sum(2) / real_per_window.clamp(min=1).to(features.dtype), token_counts
+
+
+class LlamaMTSKProjector(nn.Module):
+    """Linear -> ReLU -> Linear (-> LayerNorm): one per modality and compression rate."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, layer_norm: bool):
+        super().__init__()
+        self.linear_1 = nn.Linear(input_size, hidden_size)
+        self.act = nn.ReLU()
+        self.linear_2 = nn.Linear(hidden_size, output_size)
+        self.layer_norm = nn.LayerNorm(output_size) if layer_norm else None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.linear_2(self.act(self.linear_1(tokens)))
+        return tokens if self.layer_norm is None else self.layer_norm(tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Matryoshka LoRA: one LLM pass serves every scale, each batch row routed to its own adapters.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class LoRARouting:
+    """Which batch rows use which adapters in the current LLM pass, shared by every LoRA layer of the model.
+
+    `rows[name]` is `None` when every row uses adapter `name`, else a LongTensor of row indices. The model sets it
+    before each LLM call and leaves it in place, so activation checkpointing's recomputation in the backward pass sees
+    the same routing as the forward pass did.
+    """
+
+    def __init__(self):
+        self.rows: dict[str, torch.Tensor | None] = {}
+
+
+class MatryoshkaLoRALinear(nn.Linear):
+    """A frozen LLM projection plus low-rank adapters (`lora_A` down, `lora_B` up, scaled by `lora_alpha / r`), where
+    each batch row uses the adapters its scale names. Keeps the base `weight`/`bias` keys of the plain projection, so a
+    plain LLM checkpoint loads into it unchanged."""
+
+    def __init__(
+        self, base: nn.Linear, adapter_names: list[str], rank: int, scaling: float, routing: LoRARouting
+    ):
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight = base.weight
+        self.bias = base.bias
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.ModuleDict({name: nn.Linear(base.in_features, rank, bias=False, **factory) for name in adapter_names})
+        self.lora_B = nn.ModuleDict({name: nn.Linear(rank, base.out_features, bias=False, **factory) for name in adapter_names})
+        self.scaling = scaling
+        self.routing = routing
+
+    def reset_adapters(self, lora_init: str, std: float = 0.02) -> None:
+        """Initialises every adapter that was not loaded from a checkpoint (see `LlamaMTSKConfig.lora_init`)."""
+        for name in self.lora_A:
+            down, up = self.lora_A[name].weight, self.lora_B[name].weight
+            if lora_init == "gaussian":
+                init.normal_(down, mean=0.0, std=std)
+                init.normal_(up, mean=0.0, std=std)
+            else:
+                kaiming, zero = (down, up) if lora_init == "peft" else (up, down)
+                init.kaiming_uniform_(kaiming, a=math.sqrt(5))
+                init.zeros_(zero)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = F.linear(hidden_states, self.weight, self.bias)
+        for name, rows in self.routing.rows.items():
+            if rows is None:
+                output = output + self.lora_B[name](self.lora_A[name](hidden_states)) * self.scaling
+            else:
+                update = self.lora_B[name](self.lora_A[name](hidden_states[rows])) * self.scaling
+                output = output.index_add(0, rows, update.to(output.dtype))
+        return output
+
+
+def lora_adapter_names(config: LlamaMTSKConfig) -> list[str]:
+    """The adapters a strategy defines: MS one global, SS one per scale, MSS both, none nothing."""
+    per_scale = [config.scale_name(scale) for scale in config.scales]
+    return {"ms": ["global"], "ss": per_scale, "mss": ["global", *per_scale], "none": []}[config.lora_strategy]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LlamaMTSKCausalLMOutput(CausalLMOutputWithPast):
+    """The LLM's output plus, for the Matryoshka objective, each scale's loss in `config.scales` order.
+
+    In the Matryoshka objective (`labels` given, `scale=None`) `logits` is `None`: only transcript positions are
+    projected to the vocabulary, which is what keeps memory flat with the number of scales."""
+
+    scale_losses: torch.Tensor | None = None
+
+
+@dataclass
+class _Tokens:
+    """Projected LLM tokens of one modality for every row: `(rows, max_tokens, hidden)` and `(rows,)` real counts."""
+
+    embeddings: torch.Tensor
+    counts: torch.Tensor
+
+
+class LlamaMTSKPreTrainedModel(PreTrainedModel):
+    config_class = LlamaMTSKConfig
+    config: LlamaMTSKConfig
+    base_model_prefix = ""
+    # `generate` builds `inputs_embeds` from the media and decodes token ids from there.
+    main_input_name = "input_ids"
+    input_modalities = ("audio", "video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    # The Matryoshka loss averages per-scale token means itself; the Trainer must not renormalise it.
+    accepts_loss_kwargs = False
+
+
+class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixin):
+    """Llama-MTSK for ASR, VSR and AVSR.
+
+    The LLM input for a sample is `[BOS] <audio> A_1..A_n </audio> <video> V_1..V_m </video> PROMPT transcript [EOS]`
+    (blocks of unused modalities left out), where the audio and video tokens come from the encoder output compressed
+    at the sample's scale and projected by that rate's projector, and the LLM's q/v projections add the LoRA
+    adapters of that scale. Each sample keeps its own audio and video length: no padding frame becomes an LLM token.
+    """
+
+    def __init__(self, config: LlamaMTSKConfig):
+        super().__init__(config)
+        text_hidden = config.text_config.hidden_size
+        if config.uses_audio:
+            self.audio_encoder = WhisperEncoder(config.audio_config)
+            audio_dim = config.audio_config.d_model
+            self.audio_projectors = nn.ModuleDict(
+                {str(rate): self._projector(audio_dim, rate, text_hidden) for rate in config.audio_rates}
+            )
+        if config.uses_video:
+            self.video_encoder = AVHubertVideoEncoder(config.video_config)
+            video_dim = config.video_config.hidden_size
+            self.video_projectors = nn.ModuleDict(
+                {str(rate): self._projector(video_dim, rate, text_hidden) for rate in config.video_rates}
+            )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.lora_routing = LoRARouting()
+        self._add_lora_adapters()
+        self._freeze()
+        self.post_init()
+        self.train(self.training)  # puts frozen encoders in eval mode from the start
+        if self.generation_config.max_new_tokens is None:
+            self.generation_config.max_new_tokens = 32  # the authors' decoding limit
+
+    def _projector(self, encoder_dim: int, rate: int, text_hidden: int) -> LlamaMTSKProjector:
+        input_size = encoder_dim * rate if self.config.compression == "stack" else encoder_dim
+        return LlamaMTSKProjector(
+            input_size, self.config.projector_hidden_size, text_hidden, self.config.projector_layer_norm
+        )
+
+    def _add_lora_adapters(self) -> None:
+        adapter_names = lora_adapter_names(self.config)
+        if not adapter_names:
+            return
+        targets = set(self.config.lora_target_modules)
+        replaced = 0
+        for parent in list(self.language_model.modules()):
+            for child_name, child in list(parent.named_children()):
+                if child_name in targets and type(child) is nn.Linear:
+                    lora = MatryoshkaLoRALinear(
+                        child,
+                        adapter_names,
+                        rank=self.config.lora_r,
+                        scaling=self.config.lora_alpha / self.config.lora_r,
+                        routing=self.lora_routing,
+                    )
+                    setattr(parent, child_name, lora)
+                    replaced += 1
+        if replaced == 0:
+            raise ValueError(
+                f"lora_target_modules {self.config.lora_target_modules} matched no linear layer of the LLM "
+                f"({type(self.language_model).__name__})"
+            )
+
+    def _freeze(self) -> None:
+        """The LLM is frozen except its LoRA adapters; encoders are frozen unless the config trains them."""
+        for name, parameter in self.language_model.named_parameters():
+            parameter.requires_grad_(".lora_A." in name or ".lora_B." in name)
+        if self.config.uses_audio and self.config.freeze_audio_encoder:
+            self.audio_encoder.requires_grad_(False)
+        if self.config.uses_video and self.config.freeze_video_encoder:
+            self.video_encoder.requires_grad_(False)
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # The LLM's own `_init_weights` treats adapters as plain linear layers; give them the configured init.
+        for module in self.language_model.modules():
+            if isinstance(module, MatryoshkaLoRALinear):
+                module.reset_adapters(self.config.lora_init, std=self.config.text_config.initializer_range)
+
+    def train(self, mode: bool = True) -> "LlamaMTSKForConditionalGeneration":
+        # Frozen encoders stay in eval mode (no dropout, fixed BatchNorm statistics). The authors left them in train
+        # mode; we deliberately do not, so that a frozen encoder is a fixed function.
+        super().train(mode)
+        if self.config.uses_audio and self.config.freeze_audio_encoder:
+            self.audio_encoder.eval()
+        if self.config.uses_video and self.config.freeze_video_encoder:
+            self.video_encoder.eval()
+        return self
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # -- scales and routing ------------------------------------------------------------------------------------------
+
+    def _row_scale_indices(self, scale, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Index into `config.scales` for every row. `scale` is one scale for the whole batch, a list with one scale
+        per row (a mixed-scale batch), or None for the finest scale."""
+        scales = self.config.scales
+        single_modality = self.config.modality != "audiovisual"
+        per_row = isinstance(scale, list) and all(
+            isinstance(row_scale, (tuple, list)) or (single_modality and isinstance(row_scale, int)) for row_scale in scale
+        )
+        if scale is None:
+            indices = [0] * batch_size
+        elif per_row:
+            if len(scale) != batch_size:
+                raise ValueError(f"scale lists {len(scale)} per-row scales for a batch of {batch_size} samples")
+            indices = [scales.index(self.config.normalize_scale(row_scale)) for row_scale in scale]
+        else:
+            indices = [scales.index(self.config.normalize_scale(scale))] * batch_size
+        return torch.tensor(indices, dtype=torch.long, device=device)
+
+    def _route_lora(self, scale_index: torch.Tensor) -> None:
+        """Points every LoRA layer at the adapters of each row's scale for the next LLM pass."""
+        strategy = self.config.lora_strategy
+        rows: dict[str, torch.Tensor | None] = {}
+        if strategy in ("ms", "mss"):
+            rows["global"] = None
+        if strategy in ("ss", "mss"):
+            present = torch.unique(scale_index).tolist()
+            for index in present:
+                name = self.config.scale_name(self.config.scales[index])
+                rows[name] = None if len(present) == 1 else torch.nonzero(scale_index == index).flatten()
+        self.lora_routing.rows = rows
+
+    # -- encoders and projection -------------------------------------------------------------------------------------
+
+    def _encode_audio(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None):
+        """Whisper over its whole window, then each sample's output cut to its own length (50 frames per second)."""
+        expected = self.config.audio_config.num_mel_bins, 2 * self.config.audio_config.max_source_positions
+        if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
+            raise ValueError(
+                f"input_features must be (batch, {expected[0]} mel bins, {expected[1]} frames) for this model's "
+                f"Whisper encoder, got {tuple(input_features.shape)}"
+            )
+        batch_size = input_features.shape[0]
+        if input_features_mask is None:
+            mel_frames = torch.full((batch_size,), expected[1], device=input_features.device)
+        else:
+            if tuple(input_features_mask.shape) != (batch_size, expected[1]):
+                raise ValueError(
+                    f"input_features_mask must be (batch, {expected[1]}), got {tuple(input_features_mask.shape)}"
+                )
+            mel_frames = input_features_mask.sum(-1)
+        lengths = torch.clamp(mel_frames // 2, min=MIN_AUDIO_FRAMES, max=self.config.audio_config.max_source_positions)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
+            features = self.audio_encoder(input_features.to(self.audio_encoder.dtype)).last_hidden_state
+        return features, lengths
+
+    def _encode_video(self, pixel_values_videos: torch.Tensor, pixel_values_videos_mask: torch.Tensor | None):
+        if pixel_values_videos_mask is None:
+            lengths = torch.full((pixel_values_videos.shape[0],), pixel_values_videos.shape[1], device=pixel_values_videos.device)
+        else:
+            if tuple(pixel_values_videos_mask.shape) != tuple(pixel_values_videos.shape[:2]):
+                raise ValueError(
+                    f"pixel_values_videos_mask must be (batch, frames) = {tuple(pixel_values_videos.shape[:2])}, "
+                    f"got {tuple(pixel_values_videos_mask.shape)}"
+                )
+            lengths = pixel_values_videos_mask.sum(-1)
+        if bool((lengths == 0).any()):
+            raise ValueError(f"Every video needs at least one frame; frames per sample: {lengths.tolist()}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_video_encoder):
+            features = self.video_encoder(
+                pixel_values_videos.to(self.video_encoder.dtype), pixel_values_videos_mask
+            ).last_hidden_state
+        return features, lengths
+
+    def _project(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        rates: list[int],
+        sample_index: torch.Tensor,
+        projectors: nn.ModuleDict,
+    ) -> _Tokens:
+        """LLM tokens for every row: row `r` holds sample `sample_index[r]` compressed at `rates[r]`. Each rate is
+        compressed and projected once for the samples that need it, however many scales share it."""
+        rows = len(rates)
+        per_rate = {}
+        for rate in sorted(set(rates)):
+            row_ids = torch.tensor([r for r in range(rows) if rates[r] == rate], device=features.device)
+            samples, row_to_sample = torch.unique(sample_index[row_ids], return_inverse=True)
+            tokens, counts = compress_frames(features[samples], lengths[samples], rate, self.config.compression)
+            per_rate[rate] = (row_ids, projectors[str(rate)](tokens), counts, row_to_sample)
+        hidden = self.config.text_config.hidden_size
+        max_tokens = max(tokens.shape[1] for _, tokens, _, _ in per_rate.values())
+        some_tokens = next(iter(per_rate.values()))[1]
+        embeddings = some_tokens.new_zeros(rows, max_tokens, hidden)
+        counts = torch.zeros(rows, dtype=torch.long, device=features.device)
+        for row_ids, tokens, rate_counts, row_to_sample in per_rate.values():
+            embeddings[row_ids, : tokens.shape[1]] = tokens[row_to_sample]
+            counts[row_ids] = rate_counts[row_to_sample]
+        return _Tokens(embeddings, counts)
+
+    # -- sequence building -------------------------------------------------------------------------------------------
+
+    def _special_token_id(self, name: str) -> int:
+        token_id = getattr(self.config, name)
+        if token_id is None:
+            raise ValueError(
+                f"config.{name} is not set: assemble the model with its tokenizer so the special tokens are known"
+            )
+        return token_id
+
+    def _build_sequences(
+        self,
+        audio: _Tokens | None,
+        video: _Tokens | None,
+        sample_index: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        padding_side: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Packs `[BOS] <audio> A </audio> <video> V </video> PROMPT transcript` for every row into a padded batch.
+
+        Returns `(inputs_embeds, attention_mask, labels)`; labels are -100 everywhere but on the transcript (which
+        ends with EOS), or None without transcript."""
+        embed_tokens = self.get_input_embeddings()
+        rows = sample_index.shape[0]
+        device = sample_index.device
+
+        def token_piece(token_id: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+            ids = torch.full((rows, 1), token_id, dtype=torch.long, device=device)
+            return embed_tokens(ids), torch.ones(rows, dtype=torch.long, device=device), None
+
+        pieces = [token_piece(self._special_token_id("bos_token_id"))]
+        if audio is not None:
+            pieces += [
+                token_piece(self._special_token_id("audio_start_token_id")),
+                (audio.embeddings, audio.counts, None),
+                token_piece(self._special_token_id("audio_end_token_id")),
+            ]
+        if video is not None:
+            pieces += [
+                token_piece(self._special_token_id("video_start_token_id")),
+                (video.embeddings, video.counts, None),
+                token_piece(self._special_token_id("video_end_token_id")),
+            ]
+        if input_ids is None:
+            if self.config.prompt_token_ids is None:
+                raise ValueError("config.prompt_token_ids is not set and no prompt input_ids were given")
+            prompt = torch.tensor(self.config.prompt_token_ids, dtype=torch.long, device=device).expand(rows, -1)
+            prompt_lengths = torch.full((rows,), prompt.shape[1], dtype=torch.long, device=device)
+        else:
+            prompt = input_ids[sample_index]
+            prompt_lengths = (
+                attention_mask[sample_index].sum(-1) if attention_mask is not None else torch.full_like(sample_index, prompt.shape[1])
+            )
+        pieces.append((embed_tokens(prompt), prompt_lengths, None))
+        if labels is not None:
+            transcript = labels[sample_index]
+            transcript_lengths = (transcript != IGNORE_INDEX).sum(-1)
+            pieces.append((embed_tokens(transcript.clamp(min=0)), transcript_lengths, transcript))
+
+        lengths = torch.stack([piece_lengths for _, piece_lengths, _ in pieces], dim=1)  # (rows, pieces)
+        totals = lengths.sum(1)
+        total_length = int(totals.max())
+        offsets = total_length - totals if padding_side == "left" else torch.zeros_like(totals)
+        starts = offsets[:, None] + torch.cumsum(lengths, dim=1) - lengths
+
+        first = pieces[0][0]
+        inputs_embeds = first.new_zeros(rows, total_length, first.shape[-1])
+        sequence_labels = torch.full((rows, total_length), IGNORE_INDEX, dtype=torch.long, device=device)
+        for index, (values, piece_lengths, piece_labels) in enumerate(pieces):
+            positions = torch.arange(values.shape[1], device=device)
+            valid = positions[None, :] < piece_lengths[:, None]
+            row_ids, column_ids = torch.nonzero(valid, as_tuple=True)
+            target_columns = starts[row_ids, index] + column_ids
+            inputs_embeds[row_ids, target_columns] = values[row_ids, column_ids].to(inputs_embeds.dtype)
+            if piece_labels is not None:
+                sequence_labels[row_ids, target_columns] = piece_labels[row_ids, column_ids]
+        columns = torch.arange(total_length, device=device)[None, :]
+        sequence_mask = ((columns >= offsets[:, None]) & (columns < (offsets + totals)[:, None])).long()
+        return inputs_embeds, sequence_mask, sequence_labels if labels is not None else None
+
+    def _check_inputs(
+        self,
+        input_features: torch.Tensor | None,
+        pixel_values_videos: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> int:
+        """Checks that the modality's inputs are present and agree on the batch size; returns it."""
+        if self.config.uses_audio and input_features is None:
+            raise ValueError(f"This {self.config.modality} model needs `input_features` (audio) and got none")
+        if self.config.uses_video and pixel_values_videos is None:
+            raise ValueError(f"This {self.config.modality} model needs `pixel_values_videos` (video) and got none")
+        if not self.config.uses_audio and input_features is not None:
+            raise ValueError(f"This {self.config.modality} model has no audio encoder but got `input_features`")
+        if not self.config.uses_video and pixel_values_videos is not None:
+            raise ValueError(f"This {self.config.modality} model has no video encoder but got `pixel_values_videos`")
+        sizes = {
+            name: tensor.shape[0]
+            for name, tensor in [
+                ("input_features", input_features),
+                ("pixel_values_videos", pixel_values_videos),
+                ("input_ids", input_ids),
+                ("labels", labels),
+            ]
+            if tensor is not None
+        }
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"Inputs disagree on the batch size: {sizes}")
+        return next(iter(sizes.values()))
+
+    def build_inputs_embeds(
+        self,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        pixel_values_videos_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        scale_index: torch.Tensor | None = None,
+        sample_index: torch.Tensor | None = None,
+        padding_side: str = "right",
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Encodes the media once and builds the LLM input of every row (row `r` = sample `sample_index[r]` at scale
+        `config.scales[scale_index[r]]`). Returns `(inputs_embeds, attention_mask, labels)`."""
+        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels)
+        device = (input_features if input_features is not None else pixel_values_videos).device
+        if sample_index is None:
+            sample_index = torch.arange(batch_size, device=device)
+        if scale_index is None:
+            scale_index = torch.zeros_like(sample_index)
+        row_scales = [self.config.scales[index] for index in scale_index.tolist()]
+        audio = video = None
+        if self.config.uses_audio:
+            features, lengths = self._encode_audio(input_features, input_features_mask)
+            rates = [audio_rate for audio_rate, _ in row_scales]
+            audio = self._project(features, lengths, rates, sample_index, self.audio_projectors)
+        if self.config.uses_video:
+            features, lengths = self._encode_video(pixel_values_videos, pixel_values_videos_mask)
+            rates = [video_rate for _, video_rate in row_scales]
+            video = self._project(features, lengths, rates, sample_index, self.video_projectors)
+        return self._build_sequences(audio, video, sample_index, input_ids, attention_mask, labels, padding_side)
+
+    # -- forward and generate ----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        pixel_values_videos_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        scale: int | tuple | list | None = None,
+        scale_index: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LlamaMTSKCausalLMOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, prompt_length)`, *optional*):
+                With media: the prompt that follows the modality blocks (default `config.prompt_token_ids`), with
+                `attention_mask` marking its real tokens. Without media: plain token ids for the LLM (text only, or the
+                decoding steps of `generate`).
+            input_features (`torch.FloatTensor` of shape `(batch, mel_bins, frames)`, *optional*):
+                Whisper log-mel features of the standardised waveform, padded to the Whisper window.
+            input_features_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*): 1 on real mel frames.
+            pixel_values_videos (`torch.FloatTensor` of shape `(batch, frames, 1, height, width)`, *optional*):
+                Normalised grayscale mouth crops at 25 fps, zero-padded in time.
+            pixel_values_videos_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*): 1 on real frames.
+            labels (`torch.LongTensor` of shape `(batch, transcript_length)`, *optional*):
+                Transcript token ids ending with EOS, right-padded with -100. With `scale=None` this trains the
+                Matryoshka objective: every scale's sequences in one LLM pass, loss = mean of per-scale token means.
+            scale (`int`, `tuple` or `list`, *optional*):
+                `(audio_rate, video_rate)` for the whole batch (an int for a single-modality model), or a list with one
+                scale per row. Defaults to the finest scale, except in the Matryoshka objective.
+            scale_index (`torch.LongTensor` of shape `(batch,)`, *optional*):
+                Per-row index into `config.scales`; `generate` uses it to keep each row's LoRA routing while decoding.
+        """
+        kwargs.pop("num_items_in_batch", None)
+        has_media = input_features is not None or pixel_values_videos is not None
+        if not has_media:
+            if input_ids is None and inputs_embeds is None:
+                raise ValueError(
+                    "forward needs media (`input_features` and/or `pixel_values_videos`), or `input_ids`/`inputs_embeds`"
+                )
+            rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+            if scale_index is None:
+                scale_index = self._row_scale_indices(scale, rows, (input_ids if input_ids is not None else inputs_embeds).device)
+            self._route_lora(scale_index)
+            outputs = self.language_model(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+            return LlamaMTSKCausalLMOutput(**outputs)
+
+        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels)
+        device = (input_features if input_features is not None else pixel_values_videos).device
+        if labels is not None and scale is None and scale_index is None:
+            return self._matryoshka_forward(
+                input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
+                input_ids, attention_mask, labels, **kwargs,
+            )
+
+        if scale_index is None:
+            scale_index = self._row_scale_indices(scale, batch_size, device)
+        inputs_embeds, sequence_mask, sequence_labels = self.build_inputs_embeds(
+            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
+            input_ids, attention_mask, labels, scale_index=scale_index,
+        )
+        self._route_lora(scale_index)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, logits_to_keep=logits_to_keep, **kwargs
+        )
+        loss = None
+        if sequence_labels is not None:
+            if outputs.logits.shape[1] != sequence_labels.shape[1]:
+                raise ValueError("A loss needs the logits of every position: leave logits_to_keep at 0 with labels")
+            targets = sequence_labels[:, 1:]
+            predicted = targets != IGNORE_INDEX
+            loss = F.cross_entropy(outputs.logits[:, :-1][predicted].float(), targets[predicted])
+        return LlamaMTSKCausalLMOutput(loss=loss, **{key: value for key, value in outputs.items() if key != "loss"})
+
+    def _matryoshka_forward(
+        self,
+        input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
+        input_ids, attention_mask, labels, **kwargs,
+    ) -> LlamaMTSKCausalLMOutput:
+        """Encoders once; every scale's sequences stacked along the batch; one LLM pass; the mean of the per-scale
+        token-mean cross-entropies. Only transcript positions go through the LM head."""
+        batch_size = labels.shape[0]
+        num_scales = len(self.config.scales)
+        device = labels.device
+        scale_index = torch.arange(num_scales, device=device).repeat_interleave(batch_size)
+        sample_index = torch.arange(batch_size, device=device).repeat(num_scales)
+        inputs_embeds, sequence_mask, sequence_labels = self.build_inputs_embeds(
+            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
+            input_ids, attention_mask, labels, scale_index=scale_index, sample_index=sample_index,
+        )
+        self._route_lora(scale_index)
+        hidden_states = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, use_cache=False, **kwargs
+        ).last_hidden_state
+        targets = sequence_labels[:, 1:]
+        predicted = targets != IGNORE_INDEX
+        logits = self.get_output_embeddings()(hidden_states[:, :-1][predicted]).float()
+        token_losses = F.cross_entropy(logits, targets[predicted], reduction="none")
+        token_scales = scale_index[:, None].expand_as(targets)[predicted]
+        scale_losses = torch.zeros(num_scales, device=device, dtype=token_losses.dtype).index_add(0, token_scales, token_losses)
+        scale_losses = scale_losses / torch.bincount(token_scales, minlength=num_scales).clamp(min=1)
+        return LlamaMTSKCausalLMOutput(loss=scale_losses.mean(), scale_losses=scale_losses)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        pixel_values_videos_mask: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        scale: int | tuple | list | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Transcribes a batch at `scale` (see `forward`) with any of transformers' generation options (greedy, beam
+        search, sampling, streamers, `max_new_tokens`, ...). Rows are left-padded, each with its own audio and video
+        length. Returns only the generated tokens (or the usual `GenerateOutput` with `return_dict_in_generate`).
+
+        Without media this is plain text generation by the LLM with the scale's LoRA adapters."""
+        if input_features is None and pixel_values_videos is None:
+            if input_ids is None:
+                raise ValueError("generate needs media (`input_features` and/or `pixel_values_videos`) or `input_ids`")
+            scale_index = self._row_scale_indices(scale, input_ids.shape[0], input_ids.device)
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, scale_index=scale_index, **generate_kwargs)
+        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, None)
+        device = (input_features if input_features is not None else pixel_values_videos).device
+        scale_index = self._row_scale_indices(scale, batch_size, device)
+        inputs_embeds, sequence_mask, _ = self.build_inputs_embeds(
+            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
+            input_ids, attention_mask, scale_index=scale_index, padding_side="left",
+        )
+        return super().generate(
+            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, scale_index=scale_index, **generate_kwargs
+        )
+
+
+__all__ = [
+    "AVHubertPreTrainedModel",
+    "AVHubertVideoEncoder",
+    "LlamaMTSKPreTrainedModel",
+    "LlamaMTSKForConditionalGeneration",
+    "MatryoshkaLoRALinear",
+    "compress_frames",
+]
