@@ -1,0 +1,748 @@
+# Copyright 2026 The llama-mtsk authors. Licensed under the Apache License, Version 2.0.
+"""Processor of Llama-MTSK: media decoding (audio files, video containers), the Whisper feature extractor for audio,
+a video processor for mouth-ROI clips, and the LLM tokenizer for transcripts.
+
+This file is remote code: it travels with every checkpoint and imports only torch, transformers, numpy, soxr,
+soundfile and av (the last two only when a file is decoded).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import WhisperFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+from transformers.video_processing_utils import VideoProcessorMixin
+
+
+logger = logging.get_logger(__name__)
+
+SAMPLING_RATE = 16000
+VIDEO_FPS = 25
+SAMPLES_PER_FRAME = SAMPLING_RATE // VIDEO_FPS  # 640: one video frame of audio
+# Read by soundfile (libsndfile); everything else goes through PyAV's FFmpeg.
+SOUNDFILE_EXTENSIONS = (".wav", ".flac")
+AUDIO_CONTAINER_EXTENSIONS = (".mp3", ".m4a", ".aac", ".ogg", ".opus")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov")
+SUPPORTED_EXTENSIONS = SOUNDFILE_EXTENSIONS + AUDIO_CONTAINER_EXTENSIONS + VIDEO_EXTENSIONS
+# A 2-D waveform is one multi-channel clip; its channel axis is the short one.
+MAX_AUDIO_CHANNELS = 8
+# ITU-R BT.601 luma, what OpenCV's and torchvision's RGB -> gray conversions use.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+STANDARDIZE_EPS = 1e-8
+
+MediaSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Media decoding
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _describe(source: Any) -> str:
+    """A short name of a media source for error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return f"file {os.fspath(source)!r}"
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    name = getattr(source, "name", None)
+    return f"file-like object {name!r}" if isinstance(name, str) else f"<{type(source).__name__} object>"
+
+
+def _is_media_source(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike, bytes, bytearray)) or hasattr(value, "read")
+
+
+def _read_source(source: MediaSource) -> tuple[str, bytes | str]:
+    """Checks a media source and tells how to decode it: returns `(kind, data)` with `kind` "soundfile" (WAV/FLAC) or
+    "container" (anything FFmpeg demuxes), and `data` a path or the bytes."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No such media file: {path!r}")
+        if os.path.isdir(path):
+            raise ValueError(f"Expected a media file, got the directory {path!r}")
+        extension = os.path.splitext(path)[1].lower()
+        if extension in SOUNDFILE_EXTENSIONS:
+            return "soundfile", path
+        if extension in AUDIO_CONTAINER_EXTENSIONS + VIDEO_EXTENSIONS:
+            return "container", path
+        raise ValueError(
+            f"Unsupported media type {extension or '(no extension)'!r} for {path!r}; expected one of "
+            f"{', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    if hasattr(source, "read"):
+        source = source.read()
+    if not isinstance(source, (bytes, bytearray)):
+        raise TypeError(f"Expected a path, bytes or a file-like object, got {type(source).__name__}")
+    data = bytes(source)
+    if not data:
+        raise ValueError("Expected media bytes, got an empty byte string")
+    if (data[:4] == b"RIFF" and data[8:12] == b"WAVE") or data[:4] == b"fLaC":
+        return "soundfile", data
+    return "container", data
+
+
+def _open_container(data: bytes | str, description: str):
+    import av
+
+    try:
+        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except av.FFmpegError as error:
+        raise ValueError(
+            f"Could not read {description} as an audio or video file ({error}); expected a WAV/FLAC file or a "
+            f"video container ({', '.join(VIDEO_EXTENSIONS)})"
+        ) from None
+
+
+def _downmix(waveform: np.ndarray) -> np.ndarray:
+    """(samples, channels) -> (samples,) by averaging the channels."""
+    return waveform.mean(axis=1) if waveform.shape[1] > 1 else waveform[:, 0]
+
+
+def _decode_streams(
+    container, description: str, audio: bool, video: bool, gray: bool = False
+) -> tuple[tuple[np.ndarray, int] | None, tuple[np.ndarray, np.ndarray, float] | None]:
+    """
+    Decodes the first audio and/or video stream of an open PyAV container in one demuxing pass.
+
+    Returns:
+        `(audio, video)`: `audio` is `(float32 mono waveform, sample rate)` at the file's own rate; `video` is
+        `(uint8 frames (T, H, W, 3) or (T, H, W), start time of each frame in seconds, nominal fps)`; `None` for a
+        stream that was not asked for.
+    """
+    import av
+
+    if audio and not container.streams.audio:
+        raise ValueError(f"{description} has no audio stream")
+    if video and not container.streams.video:
+        raise ValueError(f"{description} has no video stream")
+    audio_stream = container.streams.audio[0] if audio else None
+    video_stream = container.streams.video[0] if video else None
+    if video_stream is not None:
+        video_stream.thread_type = "AUTO"
+        rate = video_stream.average_rate or video_stream.guessed_rate or video_stream.base_rate
+        nominal_fps = float(rate) if rate else float(VIDEO_FPS)
+    # Converts decoded audio to planar float32, keeping the channel layout and rate (resampling is soxr's job).
+    to_float = av.AudioResampler(format="fltp")
+    audio_pieces, sample_rate, frames, times = [], None, [], []
+    try:
+        for packet in container.demux([stream for stream in (audio_stream, video_stream) if stream is not None]):
+            for frame in packet.decode():
+                if packet.stream is video_stream:
+                    frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
+                    times.append(frame.time if frame.time is not None else len(times) / nominal_fps)
+                    continue
+                if sample_rate is None:
+                    sample_rate = frame.sample_rate
+                elif frame.sample_rate != sample_rate:
+                    raise ValueError(
+                        f"{description}: the audio sample rate changes mid-stream ({sample_rate} -> {frame.sample_rate} Hz)"
+                    )
+                for converted in to_float.resample(frame):
+                    audio_pieces.append(converted.to_ndarray().T)  # (samples, channels)
+    except av.FFmpegError as error:
+        raise ValueError(f"Could not decode {description}: the file is corrupt or truncated ({error})") from None
+
+    audio_result = video_result = None
+    if audio_stream is not None:
+        if not audio_pieces:
+            raise ValueError(f"{description} has an audio stream with no samples")
+        audio_result = (_downmix(np.concatenate(audio_pieces, axis=0)), sample_rate)
+    if video_stream is not None:
+        if not frames:
+            raise ValueError(f"{description} has a video stream with zero frames")
+        video_result = (np.stack(frames), np.asarray(times, dtype=np.float64), nominal_fps)
+    return audio_result, video_result
+
+
+def load_audio(source: MediaSource, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """
+    Decodes an audio file, or the audio track of a video container, to a float32 mono waveform.
+
+    Args:
+        source: A path, the file's bytes, or a binary file-like object. WAV and FLAC are read with soundfile; other
+            audio files (`.mp3`, `.m4a`, `.ogg`, ...) and video containers (`.mp4`, `.mkv`, `.avi`, `.webm`, `.mov`)
+            with PyAV. Several channels are averaged.
+        sampling_rate: The rate of the returned waveform; the file is resampled with soxr if it differs.
+
+    Returns:
+        `np.ndarray` of shape (samples,), float32.
+
+    Raises:
+        FileNotFoundError: the path does not exist. ValueError: unsupported type, unreadable or corrupt file, no audio
+        stream, no samples, or NaN/inf samples.
+    """
+    description = _describe(source)
+    kind, data = _read_source(source)
+    if kind == "soundfile":
+        import soundfile
+
+        try:
+            waveform, file_rate = soundfile.read(
+                io.BytesIO(data) if isinstance(data, bytes) else data, dtype="float32", always_2d=True
+            )
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise ValueError(f"Could not read audio from {description}: {error}") from None
+        if waveform.shape[0] == 0:
+            raise ValueError(f"{description} holds no audio samples")
+        waveform = _downmix(waveform)
+    else:
+        with _open_container(data, description) as container:
+            (waveform, file_rate), _ = _decode_streams(container, description, audio=True, video=False)
+    return prepare_audio(waveform, file_rate, target_rate=sampling_rate, name=description)
+
+
+def resample_frames(frames: np.ndarray, times: np.ndarray, fps: float = VIDEO_FPS) -> np.ndarray:
+    """
+    Resamples a clip in time to a constant frame rate: the output frame at time `t` is the input frame on screen at
+    `t` (the last one that started at or before it), as a player shows it. Handles variable frame rates.
+
+    Args:
+        frames: (T, ...) frames.
+        times: (T,) start time of each frame in seconds, increasing.
+        fps: The output frame rate.
+
+    Returns:
+        (T', ...) frames with T' = round(duration * fps), at least 1, where duration runs from the first frame's start
+        to the last frame's end (its start plus the median frame interval).
+    """
+    if len(frames) != len(times):
+        raise ValueError(f"Got {len(frames)} frames but {len(times)} timestamps")
+    if len(frames) == 0:
+        raise ValueError("Cannot resample a clip with zero frames")
+    times = np.asarray(times, dtype=np.float64) - float(times[0])
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
+    duration = times[-1] + step
+    n_out = max(1, int(round(duration * fps)))
+    targets = np.arange(n_out) / fps
+    # A small tolerance keeps a frame whose timestamp is rounded a hair after its slot.
+    indices = np.searchsorted(times, targets + 1e-3 / fps, side="right") - 1
+    return frames[np.clip(indices, 0, len(frames) - 1)]
+
+
+def load_video(source: MediaSource, fps: float | None = None, gray: bool = False) -> tuple[np.ndarray, float]:
+    """
+    Decodes the first video stream of a container with PyAV.
+
+    Args:
+        source: A path (`.mp4`, `.mkv`, `.avi`, `.webm`, `.mov`), the file's bytes, or a binary file-like object.
+        fps: If given, the clip is resampled in time to this constant rate using the frame timestamps (variable frame
+            rate videos included); otherwise every decoded frame is returned with the stream's average rate.
+        gray: Return (T, H, W) luma frames instead of (T, H, W, 3) RGB.
+
+    Returns:
+        `(frames, fps)`: uint8 frames (T, H, W, 3) or (T, H, W), and their frame rate.
+    """
+    description = _describe(source)
+    kind, data = _read_source(source)
+    if kind == "soundfile":
+        raise ValueError(f"{description} is an audio file; expected a video container ({', '.join(VIDEO_EXTENSIONS)})")
+    with _open_container(data, description) as container:
+        _, (frames, times, nominal_fps) = _decode_streams(container, description, audio=False, video=True, gray=gray)
+    if fps is None:
+        return frames, nominal_fps
+    return resample_frames(frames, times, fps), float(fps)
+
+
+def align_audio_to_frames(
+    audio: np.ndarray, n_frames: int, name: str = "audio", tolerance: int = SAMPLES_PER_FRAME
+) -> np.ndarray:
+    """
+    Pads (with zeros) or trims a 16 kHz waveform to exactly `n_frames * 640` samples, as the authors align audio to
+    25 fps video. A mismatch of up to `tolerance` samples (default: one video frame) is fixed silently; a larger one is
+    still aligned, with a warning that names both lengths.
+    """
+    expected = n_frames * SAMPLES_PER_FRAME
+    mismatch = len(audio) - expected
+    if abs(mismatch) > tolerance:
+        logger.warning(
+            f"{name}: the audio has {len(audio)} samples ({len(audio) / SAMPLING_RATE:.3f} s) but the video has "
+            f"{n_frames} frames ({n_frames / VIDEO_FPS:.3f} s = {expected} samples); the audio is "
+            f"{'trimmed' if mismatch > 0 else 'zero-padded'} by {abs(mismatch)} samples to match the video."
+        )
+    if mismatch >= 0:
+        return audio[:expected]
+    return np.concatenate([audio, np.zeros(-mismatch, dtype=audio.dtype)])
+
+
+def load_audiovisual(source: MediaSource, gray: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Decodes both streams of one video container: the audio as 16 kHz mono float32, the video resampled in time to
+    25 fps, and the audio padded or trimmed to 640 samples per video frame (see [`align_audio_to_frames`]). The
+    mismatch fixed without a warning is one video frame plus one frame of the audio codec (the padding an encoder
+    adds to its last frame, 1024 samples for AAC); a larger one is fixed with a warning naming both lengths.
+
+    Returns:
+        `(audio, frames)`: float32 (T * 640,) and uint8 (T, H, W, 3) (or (T, H, W) with `gray=True`).
+    """
+    description = _describe(source)
+    kind, data = _read_source(source)
+    if kind == "soundfile":
+        raise ValueError(f"{description} is an audio file; expected a video container with audio and video streams")
+    with _open_container(data, description) as container:
+        (audio, audio_rate), (frames, times, _) = _decode_streams(container, description, audio=True, video=True, gray=gray)
+        codec_frame_size = container.streams.audio[0].codec_context.frame_size or 0
+    audio = prepare_audio(audio, audio_rate, name=description)
+    frames = resample_frames(frames, times, VIDEO_FPS)
+    # Lossy audio codecs pad their last frame (1024 samples for AAC): that much extra audio is expected, not a mismatch.
+    tolerance = SAMPLES_PER_FRAME + int(np.ceil(codec_frame_size * SAMPLING_RATE / audio_rate))
+    return align_audio_to_frames(audio, len(frames), name=description, tolerance=tolerance), frames
+
+
+def probe_streams(source: MediaSource) -> tuple[bool, bool]:
+    """Tells which streams a media source holds: `(has_audio, has_video)`. WAV/FLAC files hold audio only."""
+    description = _describe(source)
+    kind, data = _read_source(source)
+    if kind == "soundfile":
+        return True, False
+    with _open_container(data, description) as container:
+        return bool(container.streams.audio), bool(container.streams.video)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Raw arrays
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        return value.numpy()
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name} could not be read as a numeric array: {error}") from None
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(-1))[0])
+            raise ValueError(f"{name} holds {int(bad.sum())} NaN or infinite values (first at flat index {first})")
+
+
+def prepare_audio(
+    audio: Any, sampling_rate: int, target_rate: int = SAMPLING_RATE, name: str = "audio"
+) -> np.ndarray:
+    """
+    Turns raw PCM into a float32 mono waveform at `target_rate`.
+
+    Args:
+        audio: numpy array, torch tensor or list; float (any scale) or integer PCM (int16, int32, int8, uint8 are scaled
+            to [-1, 1]). Shape (samples,), or (samples, channels) / (channels, samples) for one multi-channel clip (the
+            channel axis is the short one, at most 8 channels); channels are averaged.
+        sampling_rate: The rate of `audio`; resampled with soxr (high quality) if it differs from `target_rate`.
+        name: How errors name this input.
+    """
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
+        raise ValueError(f"{name}: sampling_rate must be a positive integer (Hz), got {sampling_rate!r}")
+    array = _to_numpy(audio, name)
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.number)):
+        raise ValueError(f"{name}: expected float or integer PCM samples, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{name}: expected real PCM samples, got complex dtype {array.dtype}")
+    if array.ndim == 2:
+        if min(array.shape) > MAX_AUDIO_CHANNELS:
+            raise ValueError(
+                f"{name}: a 2-D waveform must be (samples, channels) or (channels, samples) with at most "
+                f"{MAX_AUDIO_CHANNELS} channels, got shape {array.shape}; pass a batch as a list of clips"
+            )
+        channels_first = array.shape[0] < array.shape[1]
+        array = array.T if channels_first else array
+    elif array.ndim != 1:
+        raise ValueError(f"{name}: expected a waveform of shape (samples,) or (samples, channels), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} holds no audio samples")
+    _check_finite(array, name)
+
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        if info.min == 0:  # unsigned PCM is offset binary (8-bit WAV)
+            array = (array.astype(np.float64) - (info.max + 1) / 2) / ((info.max + 1) / 2)
+        else:
+            array = array.astype(np.float64) / -float(info.min)
+    waveform = array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
+    waveform = waveform.mean(axis=1) if waveform.ndim == 2 else waveform
+    if int(sampling_rate) != target_rate:
+        import soxr
+
+        waveform = soxr.resample(waveform, int(sampling_rate), target_rate, quality="HQ")
+        if waveform.shape[0] == 0:
+            raise ValueError(f"{name} is too short to resample from {sampling_rate} Hz to {target_rate} Hz")
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def standardize_waveform(waveform: np.ndarray) -> np.ndarray:
+    """Per-utterance standardisation (layer norm over the whole waveform, eps 1e-8), as the authors do before Whisper."""
+    waveform = waveform.astype(np.float64)
+    standardized = (waveform - waveform.mean()) / np.sqrt(waveform.var() + STANDARDIZE_EPS)
+    return standardized.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Video processor
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class LlamaMTSKVideoProcessor(VideoProcessorMixin):
+    r"""
+    Turns mouth-ROI clips into AV-HuBERT inputs: grayscale, resized to `roi_size` x `roi_size` when the clip has
+    another size, centre-cropped to `image_size` x `image_size`, scaled to [0, 1] and normalised with `image_mean` /
+    `image_std`, resampled in time to `fps`. A clip that is already `image_size` x `image_size` is used as is (the
+    training collator random-crops before calling the processor). Clips are zero-padded in time to the longest.
+
+    Args:
+        image_size (`int`, defaults to 88): Side of the crop the video encoder reads (`video_config.image_size`).
+        roi_size (`int`, defaults to 96): Side a mouth ROI is resized to before the centre crop (`video_config.roi_size`).
+        image_mean (`float`, defaults to 0.421): Mean of the [0, 1] grayscale pixels.
+        image_std (`float`, defaults to 0.165): Standard deviation of the [0, 1] grayscale pixels.
+        fps (`float`, defaults to 25): The frame rate the encoder expects.
+    """
+
+    model_input_names = ["pixel_values_videos", "pixel_values_videos_mask"]
+
+    def __init__(
+        self,
+        image_size: int = 88,
+        roi_size: int = 96,
+        image_mean: float = 0.421,
+        image_std: float = 0.165,
+        fps: float = VIDEO_FPS,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0 < image_size <= roi_size:
+            raise ValueError(f"image_size ({image_size}) must be positive and at most roi_size ({roi_size})")
+        if image_std <= 0:
+            raise ValueError(f"image_std must be positive, got {image_std}")
+        self.image_size = int(image_size)
+        self.roi_size = int(roi_size)
+        self.image_mean = float(image_mean)
+        self.image_std = float(image_std)
+        self.fps = fps
+
+    def preprocess_clip(self, video: Any, fps: float | None = None, name: str = "video") -> torch.Tensor:
+        """
+        One clip -> normalised float32 (T, image_size, image_size).
+
+        Args:
+            video: (T, H, W) or (T, H, W, C) with C in {1, 3} (RGB), numpy / torch / nested lists; uint8 in [0, 255]
+                or float in [0, 1].
+            fps: The clip's frame rate; `None` means it is already at `self.fps`.
+            name: How errors name this input.
+        """
+        array = _to_numpy(video, name)
+        if array.ndim == 4 and array.shape[-1] in (1, 3):
+            channels = array.shape[-1]
+        elif array.ndim == 3:
+            channels = 0
+        else:
+            raise ValueError(
+                f"{name}: expected frames of shape (T, H, W) or (T, H, W, C) with C = 1 or 3, got shape {array.shape}; "
+                "pass a batch as a list of clips"
+            )
+        if array.shape[0] == 0:
+            raise ValueError(f"{name} has zero frames")
+        if array.dtype == np.uint8:
+            pixels = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
+        elif np.issubdtype(array.dtype, np.floating):
+            _check_finite(array, name)
+            low, high = float(array.min()), float(array.max())
+            if low < 0.0 or high > 1.0:
+                raise ValueError(
+                    f"{name}: float frames must be in [0, 1], got values in [{low:.3g}, {high:.3g}]; pass uint8 frames "
+                    "in [0, 255] or divide by 255"
+                )
+            pixels = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        else:
+            raise ValueError(f"{name}: expected uint8 or float frames, got dtype {array.dtype}")
+
+        if channels == 3:
+            pixels = pixels @ torch.tensor(LUMA_WEIGHTS, dtype=torch.float32)
+        elif channels == 1:
+            pixels = pixels[..., 0]
+        height, width = pixels.shape[1:]
+        if (height, width) != (self.image_size, self.image_size):
+            if (height, width) != (self.roi_size, self.roi_size):
+                if min(height, width) < self.image_size:
+                    logger.warning_once(
+                        f"{name}: frames of {height}x{width} are upscaled to {self.roi_size}x{self.roi_size}; "
+                        "mouth ROIs are expected at that size"
+                    )
+                pixels = F.interpolate(
+                    pixels[:, None], size=(self.roi_size, self.roi_size), mode="bilinear", antialias=True, align_corners=False
+                )[:, 0].clamp_(0.0, 1.0)
+            top = int(round((self.roi_size - self.image_size) / 2.0))
+            pixels = pixels[:, top : top + self.image_size, top : top + self.image_size]
+
+        if fps is not None and float(fps) != float(self.fps):
+            if fps <= 0:
+                raise ValueError(f"{name}: fps must be positive, got {fps}")
+            pixels = resample_frames(pixels, np.arange(pixels.shape[0]) / float(fps), self.fps)
+        return ((pixels - self.image_mean) / self.image_std).contiguous()
+
+    def __call__(
+        self,
+        videos: Any,
+        fps: float | Sequence[float | None] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Processes one clip or a list of clips (see [`preprocess_clip`]).
+
+        Returns:
+            [`BatchFeature`] with `pixel_values_videos` (B, T, 1, image_size, image_size) float32, zero-padded in time,
+            and `pixel_values_videos_mask` (B, T) long, 1 on real frames.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
+        clips = _as_batch(videos, name="videos")
+        rates = list(fps) if isinstance(fps, (list, tuple)) else [fps] * len(clips)
+        if len(rates) != len(clips):
+            raise ValueError(f"Got {len(rates)} frame rates for {len(clips)} videos")
+        processed = [
+            self.preprocess_clip(clip, rate, name=f"videos[{index}]")
+            for index, (clip, rate) in enumerate(zip(clips, rates))
+        ]
+        length = max(clip.shape[0] for clip in processed)
+        pixel_values = torch.zeros(len(processed), length, 1, self.image_size, self.image_size)
+        mask = torch.zeros(len(processed), length, dtype=torch.long)
+        for index, clip in enumerate(processed):
+            pixel_values[index, : clip.shape[0], 0] = clip
+            mask[index, : clip.shape[0]] = 1
+        return BatchFeature(
+            {"pixel_values_videos": pixel_values, "pixel_values_videos_mask": mask}, tensor_type=return_tensors
+        )
+
+    def preprocess(self, videos: Any, **kwargs) -> BatchFeature:
+        return self(videos, **kwargs)
+
+
+def _as_batch(value: Any, name: str) -> list:
+    """One item or a list/tuple of items -> list of items. An item is an array, a tensor, a media source (path,
+    bytes, file-like) or a list; a list whose first element is a number is one waveform, not a batch."""
+    if _is_media_source(value) or isinstance(value, (np.ndarray, torch.Tensor)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} is an empty list")
+        if isinstance(value[0], (int, float, np.number)):
+            return [value]
+        return list(value)
+    raise TypeError(f"{name}: expected an array, a tensor, a list, a path or bytes, got {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Processor
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class LlamaMTSKProcessor(ProcessorMixin):
+    r"""
+    Prepares Llama-MTSK inputs: 16 kHz audio -> per-utterance standardisation -> Whisper log-mel (`input_features`,
+    `input_features_mask`); mouth-ROI clips -> `pixel_values_videos`, `pixel_values_videos_mask`; transcripts ->
+    `labels`. Inputs can be raw arrays or media files (decoded with [`load_audio`] / [`load_video`]).
+
+    Args:
+        feature_extractor ([`WhisperFeatureExtractor`]): Its `chunk_length` is the Whisper window; audio longer than
+            the window raises (the automatic-speech-recognition pipeline splits long inputs).
+        tokenizer ([`PreTrainedTokenizerBase`]): The LLM tokenizer with the added special tokens.
+        video_processor ([`LlamaMTSKVideoProcessor`]): Mouth-ROI clip processing.
+    """
+
+    def __init__(self, feature_extractor, tokenizer, video_processor):
+        super().__init__(feature_extractor, tokenizer, video_processor)
+
+    @classmethod
+    def from_model_config(cls, config, tokenizer) -> "LlamaMTSKProcessor":
+        """
+        Builds the processor that matches a [`LlamaMTSKConfig`]: the Whisper window and mel bins from
+        `config.audio_config` (`max_source_positions * 2` mel frames), the crop sizes and normalisation from
+        `config.video_config`. A modality the config does not use gets the defaults.
+        """
+        feature_extractor_kwargs = {}
+        audio_config = getattr(config, "audio_config", None)
+        if audio_config is not None:
+            window_frames = audio_config.max_source_positions * 2
+            hop_length = 160
+            chunk_length = window_frames * hop_length / SAMPLING_RATE
+            feature_extractor_kwargs = {
+                "feature_size": audio_config.num_mel_bins,
+                "chunk_length": int(chunk_length) if chunk_length.is_integer() else chunk_length,
+            }
+        feature_extractor = WhisperFeatureExtractor(**feature_extractor_kwargs, return_attention_mask=True)
+        video_config = getattr(config, "video_config", None)
+        video_kwargs = {}
+        if video_config is not None:
+            video_kwargs = {
+                "image_size": video_config.image_size,
+                "roi_size": video_config.roi_size,
+                "image_mean": video_config.image_mean,
+                "image_std": video_config.image_std,
+            }
+        return cls(feature_extractor, tokenizer, LlamaMTSKVideoProcessor(**video_kwargs))
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in the Whisper window: the longest audio one call accepts."""
+        return int(round(self.feature_extractor.chunk_length * self.feature_extractor.sampling_rate))
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_features", "input_features_mask", "pixel_values_videos", "pixel_values_videos_mask"]
+
+    def __call__(
+        self,
+        audio: Any = None,
+        videos: Any = None,
+        text: str | list[str] | None = None,
+        sampling_rate: int | None = None,
+        fps: float | Sequence[float | None] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Prepares one example or a batch (lists). Any of `audio`, `videos`, `text` may be omitted, but not all.
+
+        Args:
+            audio: A waveform (numpy / torch / list; float or integer PCM; mono, or one multi-channel clip as
+                (samples, channels) or (channels, samples)), a media file (path, bytes, file-like), or a list of these.
+            videos: A mouth-ROI clip (T, H, W) or (T, H, W, C), uint8 or float in [0, 1], a video file, or a list.
+            text: Transcript(s) -> `labels`: lower-cased tokens without special tokens, then EOS, right-padded with -100.
+            sampling_rate: The rate of raw waveforms (required for them; files carry their own).
+            fps: Frame rate of raw clips (a number or one per clip); `None` means 25 fps. Video files are resampled to
+                25 fps from their timestamps.
+            return_tensors: "pt" (default) or "np".
+
+        Returns:
+            [`BatchFeature`] with `input_features` (B, n_mels, window frames) and `input_features_mask` (B, window
+            frames) when audio is given, `pixel_values_videos` (B, T, 1, S, S) and `pixel_values_videos_mask` (B, T)
+            when videos are given, `labels` (B, L) when text is given.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
+        if audio is None and videos is None and text is None:
+            raise ValueError("Pass at least one of audio=, videos= or text=")
+        outputs: dict[str, Any] = {}
+        batch_sizes = {}
+        if audio is not None:
+            audio_features = self._process_audio_batch(audio, sampling_rate)
+            batch_sizes["audio"] = audio_features["input_features"].shape[0]
+            outputs.update(audio_features)
+        if videos is not None:
+            clips = _as_batch(videos, name="videos")
+            rates = list(fps) if isinstance(fps, (list, tuple)) else [fps] * len(clips)
+            if len(rates) != len(clips):
+                raise ValueError(f"Got {len(rates)} frame rates for {len(clips)} videos")
+            for index, clip in enumerate(clips):
+                if _is_media_source(clip):  # decoded at the encoder's frame rate
+                    clips[index], rates[index] = load_video(clip, fps=self.video_processor.fps)
+            video_features = self.video_processor(clips, fps=rates, return_tensors="pt")
+            batch_sizes["videos"] = video_features["pixel_values_videos"].shape[0]
+            outputs.update(video_features)
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            batch_sizes["text"] = len(texts)
+            outputs["labels"] = self._encode_labels(texts)
+        if len(set(batch_sizes.values())) > 1:
+            raise ValueError(f"The inputs have different batch sizes: {batch_sizes}")
+        return BatchFeature(outputs, tensor_type=return_tensors)
+
+    def _process_audio_batch(self, audio: Any, sampling_rate: int | None) -> dict[str, torch.Tensor]:
+        waveforms = []
+        for index, clip in enumerate(_as_batch(audio, name="audio")):
+            name = f"audio[{index}]"
+            if _is_media_source(clip):
+                waveform = load_audio(clip, sampling_rate=self.feature_extractor.sampling_rate)
+            else:
+                if sampling_rate is None:
+                    raise ValueError(
+                        f"{name} is a raw waveform: pass its sampling_rate= (Hz); it is resampled to "
+                        f"{self.feature_extractor.sampling_rate} Hz if needed"
+                    )
+                waveform = prepare_audio(clip, sampling_rate, self.feature_extractor.sampling_rate, name=name)
+            if len(waveform) > self.window_samples:
+                raise ValueError(
+                    f"{name} is {len(waveform) / SAMPLING_RATE:.2f} s long ({len(waveform)} samples at 16 kHz), longer "
+                    f"than the model's Whisper window of {self.window_samples / SAMPLING_RATE:g} s ({self.window_samples} "
+                    "samples); split it, or use the automatic-speech-recognition pipeline, which transcribes long "
+                    "inputs in chunks"
+                )
+            waveforms.append(standardize_waveform(waveform))
+        features = self.feature_extractor(
+            waveforms,
+            sampling_rate=self.feature_extractor.sampling_rate,
+            max_length=self.window_samples,
+            padding="max_length",
+            truncation=False,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return {
+            "input_features": features["input_features"].float(),
+            "input_features_mask": features["attention_mask"].long(),
+        }
+
+    @staticmethod
+    def normalize_text(text: str) -> str:
+        """Lower case, single spaces, no surrounding whitespace."""
+        return " ".join(text.lower().split())
+
+    def _encode_labels(self, texts: list[str]) -> torch.Tensor:
+        eos_token_id = self.tokenizer.eos_token_id
+        if eos_token_id is None:
+            raise ValueError("The tokenizer has no eos_token_id; labels end with EOS")
+        sequences = []
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"text[{index}]: expected a string, got {type(text).__name__}")
+            token_ids = self.tokenizer(self.normalize_text(text), add_special_tokens=False)["input_ids"]
+            sequences.append(list(token_ids) + [eos_token_id])
+        labels = torch.full((len(sequences), max(len(sequence) for sequence in sequences)), -100, dtype=torch.long)
+        for index, sequence in enumerate(sequences):
+            labels[index, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        return labels
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """Decodes generated token ids to clean lower-case transcripts (special tokens dropped, spaces normalised)."""
+        if isinstance(sequences, torch.Tensor):
+            sequences = sequences.tolist()
+        sequences = [[token for token in sequence if token >= 0] for sequence in sequences]  # -100 label padding
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        return [self.normalize_text(text) for text in texts]
+
+    def decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> str:
+        """Decodes one sequence of token ids to a clean lower-case transcript."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        return self.batch_decode([token_ids], skip_special_tokens=skip_special_tokens, **kwargs)[0]
+
+
+LlamaMTSKVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+LlamaMTSKProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "LlamaMTSKProcessor",
+    "LlamaMTSKVideoProcessor",
+    "align_audio_to_frames",
+    "load_audio",
+    "load_audiovisual",
+    "load_video",
+    "prepare_audio",
+    "probe_streams",
+    "resample_frames",
+    "standardize_waveform",
+]
