@@ -246,4 +246,6 @@ class LlamaMTSKConfig(PreTrainedConfig):
         return normalized
 
 
+LlamaMTSKConfig.register_for_auto_class()
+
 __all__ = ["AVHubertConfig", "LlamaMTSKConfig"]

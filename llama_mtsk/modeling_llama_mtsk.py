@@ -7,7 +7,9 @@ Reading order: the AV-HuBERT video encoder, compression and projectors, the Matr
 """
 
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import get_cached_module_file
+from transformers.utils import HF_MODULES_CACHE
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -22,6 +26,13 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from .configuration_llama_mtsk import AVHubertConfig, LlamaMTSKConfig
 
 
+# The remote-code modules a checkpoint carries besides this one and its config (see `save_pretrained`).
+SIBLING_MODULES = ("processing_llama_mtsk.py", "pipeline_llama_mtsk.py", "mouth_roi.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_llama_mtsk.LlamaMTSKConfig",
+    "AutoModel": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",
+    "AutoModelForSpeechSeq2Seq": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",
+}
 # Whisper encodes 50 frames per second; the authors keep at least 25 of them (0.5 s) for very short clips.
 MIN_AUDIO_FRAMES = 25
 IGNORE_INDEX = -100
@@ -535,6 +546,22 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             self.video_encoder.eval()
         return self
 
+    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus what a checkpoint needs to run anywhere with `trust_remote_code`: the
+        auto classes (AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq) in `config.auto_map`, and the processor,
+        pipeline and mouth-ROI modules beside the model code."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        for module_file in SIBLING_MODULES:
+            source = Path(__file__).with_name(module_file)
+            if not source.exists():
+                # Loaded through remote code: transformers fetched only the modules it imported. Take the rest from
+                # the checkpoint this model came from.
+                if not self.config.name_or_path:
+                    raise FileNotFoundError(f"The remote code is incomplete: {module_file} is missing beside {__file__}")
+                source = Path(HF_MODULES_CACHE) / get_cached_module_file(self.config.name_or_path, module_file)
+            shutil.copyfile(source, Path(save_directory) / module_file)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
@@ -944,6 +971,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             inputs_embeds=inputs_embeds, attention_mask=sequence_mask, scale_index=scale_index, **generate_kwargs
         )
 
+
+LlamaMTSKForConditionalGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
     "AVHubertPreTrainedModel",
