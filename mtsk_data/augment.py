@@ -224,7 +224,9 @@ class NoiseSource:
         return self.samples[indices]
 
 
-def augment_video(frames: np.ndarray, image_size: int, config: AugmentationConfig, rng: np.random.Generator) -> np.ndarray:
+def augment_video(
+    frames: np.ndarray, image_size: int, config: AugmentationConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Training video augmentation of ``(T, H, W)`` frames already at the ROI size: random crop, then time masking."""
     cropped = random_crop(frames, image_size, rng)
     return time_mask(cropped, config.video_mask_window, config.video_mask_stride, rng)

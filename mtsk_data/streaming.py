@@ -182,7 +182,9 @@ class StreamingFrameBatches(IterableDataset):
             rows += self.unit_lengths[unit].size
         planned_buffers, planned_batches = [], []
         for buffer_index, units in enumerate(buffers):
-            addresses = [(position, row) for position, unit in enumerate(units) for row in range(self.unit_lengths[unit].size)]
+            addresses = [
+                (position, row) for position, unit in enumerate(units) for row in range(self.unit_lengths[unit].size)
+            ]
             lengths = np.concatenate([self.unit_lengths[unit] for unit in units])
             costs = np.minimum(self.bucket_edges[np.searchsorted(self.bucket_edges, lengths)], self.max_frames)
             rng = np.random.default_rng([self.seed, epoch, rank, buffer_index]) if self.shuffle else None

@@ -79,7 +79,9 @@ def test_sampler_caps_covers_and_shards(num_replicas):
         _check_epoch(everything, lengths, max_frames, lengths.size)
         per_rank = []
         for rank in range(num_replicas):
-            ranked = FrameBatchSampler(lengths, max_frames, num_buckets=30, seed=3, num_replicas=num_replicas, rank=rank)
+            ranked = FrameBatchSampler(
+                lengths, max_frames, num_buckets=30, seed=3, num_replicas=num_replicas, rank=rank
+            )
             ranked.set_epoch(epoch)
             per_rank.append(list(ranked))
             assert len(per_rank[-1]) == len(ranked) == len(sampler) // num_replicas
@@ -142,6 +144,10 @@ def _write_shards(directory: Path, lengths: np.ndarray, num_shards: int, row_gro
     return paths
 
 
+def _ids(batch):
+    return [record["id"] for record in batch]
+
+
 def _stream_ids(stream, epoch):
     stream.set_epoch(epoch)
     return [[record["id"] for record in batch] for batch in stream]
@@ -179,7 +185,7 @@ def test_stream_workers_split_buffers_and_keep_the_epoch(tmp_path):
     shards = _write_shards(tmp_path, lengths, num_shards=3, row_group_size=10)
     stream = StreamingFrameBatches(shards, 500, buffer_rows=20, seed=1, num_replicas=1, rank=0)
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=2, persistent_workers=True, collate_fn=lambda batch: [r["id"] for r in batch]
+        stream, batch_size=None, num_workers=2, persistent_workers=True, collate_fn=_ids
     )
     for epoch in range(2):
         stream.set_epoch(epoch)

@@ -1,0 +1,241 @@
+"""The collator that turns corpus records into Llama-MTSK model inputs, with the training augmentation.
+
+A record is a row of the corpus schema (``mtsk_data/records.py``): ``id``, ``text``, and ``audio`` / ``video`` as
+``{"bytes", "path"}`` (bytes win; a path is read when the bytes are empty). Already decoded samples work too:
+``audio`` as a 1-D float array at 16 kHz or ``{"array", "sampling_rate"}`` (the ``datasets.Audio`` layout), ``video``
+as uint8 frames ``(T, H, W[, 3])`` at 25 fps.
+
+Per utterance the collator decodes only what the modality needs (WAV with soundfile, mp4 with PyAV, straight to
+grayscale), then
+
+- training: video resized to the processor's ``roi_size``, cropped to ``image_size`` at a random position, time-masked;
+  audio time-masked, then noise at an SNR drawn from the config (see ``mtsk_data/augment.py``);
+- evaluation: video centre-cropped by the processor; optional noise at ``augmentation.eval_snr_db``;
+
+and hands the batch to :class:`~llama_mtsk.processing_llama_mtsk.LlamaMTSKProcessor`, which standardises the audio,
+computes the Whisper log-mel, normalises the pixels and tokenises the transcripts into ``labels``.
+
+Determinism: the augmentation of a record is drawn from a generator seeded by ``(seed, epoch, record id)``
+(:func:`~mtsk_data.augment.sample_rng`), so it does not depend on the batch, the process or the DataLoader worker,
+and a resumed run reproduces it. Call :meth:`MTSKCollator.set_epoch` at the start of every epoch (with the sampler's
+``set_epoch``); the epoch lives in shared memory, so DataLoader workers see it even when they are persistent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llama_mtsk.processing_llama_mtsk import VIDEO_FPS, align_audio_to_frames, load_audio, load_video
+
+from .augment import AugmentationConfig, NoiseSource, augment_audio, augment_video, mix_at_snr, sample_rng
+
+
+SAMPLE_RATE = 16000
+MODALITIES = ("audio", "video", "audiovisual")
+
+
+def _media_source(value: Mapping[str, Any], record_id: str, column: str, media_root: str | None) -> bytes | str:
+    data = value.get("bytes")
+    if data:
+        return data
+    path = value.get("path")
+    if not path:
+        raise ValueError(f"record {record_id!r}: column {column!r} holds neither bytes nor a path")
+    if media_root is not None and not os.path.isabs(path):
+        path = os.path.join(media_root, path)
+    return path
+
+
+def decode_audio(record: Mapping[str, Any], media_root: str | None = None) -> np.ndarray:
+    """The 16 kHz mono float32 waveform of a record (see the module doc for the accepted layouts)."""
+    record_id = str(record.get("id", "?"))
+    value = record.get("audio")
+    if value is None:
+        raise ValueError(f"record {record_id!r} has no 'audio' column")
+    if isinstance(value, np.ndarray):
+        waveform = value
+    elif isinstance(value, Mapping) and value.get("array") is not None:
+        if value.get("sampling_rate") != SAMPLE_RATE:
+            raise ValueError(
+                f"record {record_id!r}: decoded audio must be at {SAMPLE_RATE} Hz, got {value.get('sampling_rate')}"
+            )
+        waveform = np.asarray(value["array"])
+    elif isinstance(value, Mapping):
+        return load_audio(_media_source(value, record_id, "audio", media_root), sampling_rate=SAMPLE_RATE)
+    else:
+        raise ValueError(f"record {record_id!r}: unsupported 'audio' value of type {type(value).__name__}")
+    if waveform.ndim != 1 or waveform.size == 0:
+        raise ValueError(f"record {record_id!r}: decoded audio must be a non-empty 1-D array, got {waveform.shape}")
+    return waveform.astype(np.float32, copy=False)
+
+
+def decode_video(record: Mapping[str, Any], media_root: str | None = None) -> np.ndarray:
+    """The uint8 grayscale frames ``(T, H, W)`` of a record at 25 fps (RGB input is converted with BT.601 luma)."""
+    record_id = str(record.get("id", "?"))
+    value = record.get("video")
+    if value is None:
+        raise ValueError(f"record {record_id!r} has no 'video' column")
+    if isinstance(value, Mapping):
+        frames, _ = load_video(_media_source(value, record_id, "video", media_root), fps=VIDEO_FPS, gray=True)
+        return frames
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint8:
+        raise ValueError(f"record {record_id!r}: decoded video must be a uint8 array, got {type(value).__name__}")
+    if value.ndim == 4 and value.shape[-1] == 3:
+        luma = value.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+    if value.ndim != 3 or value.shape[0] == 0:
+        raise ValueError(f"record {record_id!r}: decoded video must be (T, H, W[, 3]) with T > 0, got {value.shape}")
+    return value
+
+
+def resize_to_roi(frames: np.ndarray, roi_size: int) -> np.ndarray:
+    """Grayscale uint8 ``(T, H, W)`` -> float32 ``(T, roi_size, roi_size)`` in [0, 1].
+
+    The same resize as ``LlamaMTSKVideoProcessor`` (bilinear, antialiased), so that a training crop sees the pixels an
+    evaluation centre crop sees.
+    """
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
+    if pixels.shape[1:] != (roi_size, roi_size):
+        pixels = F.interpolate(
+            pixels[:, None], size=(roi_size, roi_size), mode="bilinear", antialias=True, align_corners=False
+        )[:, 0].clamp_(0.0, 1.0)
+    return pixels.numpy()
+
+
+class MTSKCollator:
+    """Records -> ``input_features``, ``input_features_mask``, ``pixel_values_videos``, ``pixel_values_videos_mask``,
+    ``labels`` (only the inputs the modality uses, plus labels).
+
+    Args:
+        processor: a ``LlamaMTSKProcessor`` (its video processor's ``roi_size`` / ``image_size`` set the crop).
+        modality: ``"audio"``, ``"video"`` or ``"audiovisual"``.
+        training: apply the training augmentation; otherwise centre crop and optional fixed-SNR noise.
+        augmentation: the augmentation parameters (default: the authors' recipe).
+        noise: the noise mixed into the audio; required when the config draws noisy SNRs (training) or sets
+            ``eval_snr_db`` (evaluation).
+        seed: base seed of the per-record generators.
+        media_root: folder that relative media paths in records are relative to.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        modality: str = "audiovisual",
+        training: bool = False,
+        augmentation: AugmentationConfig | None = None,
+        noise: NoiseSource | None = None,
+        seed: int = 0,
+        media_root: str | None = None,
+    ) -> None:
+        if modality not in MODALITIES:
+            raise ValueError(f"MTSKCollator: modality must be one of {MODALITIES}, got {modality!r}")
+        self.processor = processor
+        self.modality = modality
+        self.training = training
+        self.augmentation = augmentation if augmentation is not None else AugmentationConfig()
+        self.noise = noise
+        self.seed = seed
+        self.media_root = media_root
+        self.uses_audio = modality in ("audio", "audiovisual")
+        self.uses_video = modality in ("video", "audiovisual")
+        if self.uses_audio and noise is None:
+            if training and self.augmentation.uses_train_noise:
+                raise ValueError(
+                    "MTSKCollator: the augmentation draws noisy training SNRs "
+                    f"{self.augmentation.train_snrs_db} but noise=None; pass a NoiseSource (e.g. "
+                    "NoiseSource.babble(...)) or AugmentationConfig(train_snrs_db=(None,)) for clean training"
+                )
+            if not training and self.augmentation.eval_snr_db is not None:
+                raise ValueError(
+                    f"MTSKCollator: eval_snr_db={self.augmentation.eval_snr_db} needs a NoiseSource, got noise=None"
+                )
+        # Shared memory: DataLoader workers (persistent ones too) read the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation the next batches draw."""
+        self._epoch.fill_(epoch)
+
+    def _video(self, record: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
+        frames = decode_video(record, self.media_root)
+        if rng is None:
+            return frames  # evaluation: the processor resizes and centre-crops
+        video_processor = self.processor.video_processor
+        if frames.shape[1:] == (video_processor.image_size, video_processor.image_size):
+            # Already at the crop size: the processor uses such clips as they are, so there is nothing to crop.
+            return augment_video(frames, video_processor.image_size, self.augmentation, rng)
+        pixels = resize_to_roi(frames, video_processor.roi_size)
+        return augment_video(pixels, video_processor.image_size, self.augmentation, rng)
+
+    def _audio(self, record: Mapping[str, Any], rng: np.random.Generator | None, n_frames: int | None) -> np.ndarray:
+        waveform = decode_audio(record, self.media_root)
+        if n_frames is not None:
+            # The authors align audio to the video at 640 samples per frame.
+            waveform = align_audio_to_frames(waveform, n_frames, name=f"record {record.get('id')!r} audio")
+        if rng is not None:
+            return augment_audio(waveform, self.augmentation, self.noise, rng)
+        if self.augmentation.eval_snr_db is None:
+            return waveform
+        noise_rng = sample_rng(self.seed, 0, str(record["id"]))
+        return mix_at_snr(waveform, self.noise.segment(waveform.size, noise_rng), self.augmentation.eval_snr_db)
+
+    def decode_and_augment(self, record: Mapping[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One record -> ``(waveform or None, frames or None)`` ready for the processor."""
+        if "id" not in record:
+            raise ValueError("MTSKCollator: every record needs an 'id' (it seeds the augmentation)")
+        rng = sample_rng(self.seed, self.epoch, str(record["id"])) if self.training else None
+        frames = self._video(record, rng) if self.uses_video else None
+        n_frames = len(frames) if frames is not None else None
+        waveform = self._audio(record, rng, n_frames) if self.uses_audio else None
+        return waveform, frames
+
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not records:
+            raise ValueError("MTSKCollator: got an empty batch")
+        waveforms, videos = [], []
+        for record in records:
+            waveform, frames = self.decode_and_augment(record)
+            waveforms.append(waveform)
+            videos.append(frames)
+        texts = []
+        for record in records:
+            if not isinstance(record.get("text"), str):
+                raise ValueError(f"record {record.get('id')!r}: 'text' must be a string, got {record.get('text')!r}")
+            texts.append(record["text"])
+        features = self.processor(
+            audio=waveforms if self.uses_audio else None,
+            videos=videos if self.uses_video else None,
+            text=texts,
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+        )
+        return dict(features)
+
+
+def babble_from_records(
+    records: Sequence[Mapping[str, Any]],
+    num_utterances: int = 64,
+    num_talkers: int = 8,
+    seed: int = 0,
+    media_root: str | None = None,
+) -> NoiseSource:
+    """Babble noise from ``num_utterances`` records drawn at random (seeded) from a corpus split, e.g. the train split.
+
+    ``records`` is any indexable collection of records (a ``datasets.Dataset`` works). See :meth:`NoiseSource.babble`.
+    """
+    if len(records) < num_talkers:
+        raise ValueError(f"babble_from_records: need at least num_talkers={num_talkers} records, got {len(records)}")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(records), size=min(num_utterances, len(records)), replace=False)
+    utterances = [decode_audio(records[int(index)], media_root) for index in np.sort(chosen)]
+    return NoiseSource.babble(utterances, num_talkers=num_talkers, seed=seed)
