@@ -134,8 +134,12 @@ def _decode_streams(
     # Converts decoded audio to planar float32, keeping the channel layout and rate (resampling is soxr's job).
     to_float = av.AudioResampler(format="fltp")
     audio_pieces, sample_rate, frames, times = [], None, [], []
+    streams = [stream for stream in (audio_stream, video_stream) if stream is not None]
+    packets_read = {stream.index: 0 for stream in streams}
     try:
-        for packet in container.demux([stream for stream in (audio_stream, video_stream) if stream is not None]):
+        for packet in container.demux(streams):
+            if packet.size:
+                packets_read[packet.stream.index] += 1
             for frame in packet.decode():
                 if packet.stream is video_stream:
                     frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
@@ -152,6 +156,14 @@ def _decode_streams(
     except av.FFmpegError as error:
         raise ValueError(f"Could not decode {description}: the file is corrupt or truncated ({error})") from None
 
+    # A container whose index promises more packets than its data holds was cut short (e.g. an interrupted download
+    # of an mp4 with its index in front): refuse it rather than transcribe part of it.
+    for stream in streams:
+        if stream.frames and packets_read[stream.index] < stream.frames:
+            raise ValueError(
+                f"{description} is truncated: its {stream.type} stream declares {stream.frames} packets but only "
+                f"{packets_read[stream.index]} could be read"
+            )
     audio_result = video_result = None
     if audio_stream is not None:
         if not audio_pieces:

@@ -1,0 +1,391 @@
+"""The processor: media decoding, audio and video preparation, labels, decoding, errors, save/load."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torch.nn.functional as F
+from transformers import AutoProcessor, WhisperFeatureExtractor
+
+from llama_mtsk.processing_llama_mtsk import (
+    LlamaMTSKProcessor,
+    LlamaMTSKVideoProcessor,
+    align_audio_to_frames,
+    load_audio,
+    load_audiovisual,
+    load_video,
+    prepare_audio,
+    probe_streams,
+    resample_frames,
+    standardize_waveform,
+)
+from media_samples import (
+    empty_video_bytes,
+    faststart_mp4,
+    flac_bytes,
+    mouth_frames,
+    mp4_bytes,
+    signal,
+    smooth_frames,
+    wav_bytes,
+)
+from tiny_models import tiny_config, tiny_tokenizer
+
+
+MEAN, STD = 0.421, 0.165
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    """Follows the tiny config: 8 mel bins, a 2 s Whisper window, 18x18 ROIs cropped to 16x16."""
+    return LlamaMTSKProcessor.from_model_config(tiny_config(), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def full_processor(tokenizer):
+    """The real sizes: 80 mel bins, 30 s window, 96 -> 88 crops."""
+    return LlamaMTSKProcessor(
+        WhisperFeatureExtractor(return_attention_mask=True), tokenizer, LlamaMTSKVideoProcessor()
+    )
+
+
+# -- following the model config --------------------------------------------------------------------------------------
+
+
+def test_processor_follows_the_model_config(processor):
+    config = tiny_config()
+    assert processor.feature_extractor.feature_size == config.audio_config.num_mel_bins
+    assert processor.window_samples == 2 * config.audio_config.max_source_positions * 160
+    assert processor.video_processor.image_size == config.video_config.image_size == 16
+    assert processor.video_processor.roi_size == config.video_config.roi_size == 18
+
+
+def test_window_that_is_not_whole_seconds(tokenizer):
+    config = tiny_config(modality="audio")
+    config.audio_config.max_source_positions = 75  # 150 mel frames = 1.5 s
+    processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
+    features = processor(audio=signal(1.2), sampling_rate=16000)
+    assert features["input_features"].shape == (1, 8, 150)
+    assert int(features["input_features_mask"].sum()) == 120
+
+
+# -- outputs ---------------------------------------------------------------------------------------------------------
+
+
+def test_batch_outputs_shapes_masks_and_labels(processor, tokenizer):
+    audio = [signal(1.5, seed=1), signal(0.7, seed=2)]
+    videos = [mouth_frames(30, color=True), mouth_frames(20)]
+    out = processor(audio=audio, videos=videos, text=["Set RED now", "  bin   blue "], sampling_rate=16000)
+
+    assert set(out) == {"input_features", "input_features_mask", "pixel_values_videos", "pixel_values_videos_mask", "labels"}
+    assert out["input_features"].shape == (2, 8, 200) and out["input_features"].dtype == torch.float32
+    assert out["input_features_mask"].dtype == torch.long
+    assert out["input_features_mask"].sum(-1).tolist() == [150, 70]
+    assert out["input_features_mask"][1, :70].all() and not out["input_features_mask"][1, 70:].any()
+
+    assert out["pixel_values_videos"].shape == (2, 30, 1, 16, 16)
+    assert out["pixel_values_videos_mask"].sum(-1).tolist() == [30, 20]
+    assert (out["pixel_values_videos"][1, 20:] == 0).all()
+
+    ids = tokenizer.convert_tokens_to_ids
+    eos = tokenizer.eos_token_id
+    assert out["labels"].tolist() == [
+        [ids("set"), ids("red"), ids("now"), eos],
+        [ids("bin"), ids("blue"), eos, -100],
+    ]
+
+
+def test_single_inputs_and_numpy_tensors(processor):
+    out = processor(audio=signal(1.0), videos=mouth_frames(10), sampling_rate=16000, return_tensors="np")
+    assert isinstance(out["input_features"], np.ndarray) and out["input_features"].shape == (1, 8, 200)
+    assert out["pixel_values_videos"].shape == (1, 10, 1, 16, 16)
+
+
+def test_audio_is_standardised_per_utterance_before_whisper(processor):
+    wave = signal(1.3)
+    out = processor(audio=wave, sampling_rate=16000)
+    shifted = processor(audio=3.0 * wave + 0.2, sampling_rate=16000)
+    torch.testing.assert_close(out["input_features"], shifted["input_features"], atol=1e-4, rtol=0)
+
+    standardized = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-8)
+    torch.testing.assert_close(torch.from_numpy(standardize_waveform(wave)), torch.from_numpy(standardized.astype(np.float32)))
+    expected = processor.feature_extractor(
+        standardized.astype(np.float32), sampling_rate=16000, return_tensors="pt", return_attention_mask=True
+    )
+    torch.testing.assert_close(out["input_features"], expected["input_features"])
+
+
+def test_batched_audio_features_equal_single_ones(processor):
+    waves = [signal(1.5, seed=3), signal(0.4, seed=4)]
+    batch = processor(audio=waves, sampling_rate=16000)
+    for row, wave in enumerate(waves):
+        single = processor(audio=wave, sampling_rate=16000)
+        torch.testing.assert_close(batch["input_features"][row : row + 1], single["input_features"])
+
+
+# -- audio formats ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proc_name", ["processor", "full_processor"])
+def test_44k_stereo_int16_gives_the_features_of_16k_mono_float(proc_name, request):
+    processor = request.getfixturevalue(proc_name)
+    reference = signal(1.5, 16000)
+    high = signal(1.5, 44100)
+    stereo = np.stack([high, 0.5 * high], axis=1)
+    pcm = np.round(stereo / np.abs(stereo).max() * 0.8 * 32767).astype(np.int16)
+
+    torch.testing.assert_close(
+        torch.from_numpy(standardize_waveform(prepare_audio(pcm, 44100))),
+        torch.from_numpy(standardize_waveform(reference)),
+        atol=1e-2,
+        rtol=0,
+    )
+    expected = processor(audio=reference, sampling_rate=16000)
+    resampled = processor(audio=pcm, sampling_rate=44100)
+    assert torch.equal(resampled["input_features_mask"], expected["input_features_mask"])
+    difference = (resampled["input_features"] - expected["input_features"]).abs()
+    assert difference.max() < 0.05 and difference.mean() < 1e-3
+    # Without resampling the same samples would be a different signal altogether.
+    wrong = processor(audio=pcm[: 24000, 0].astype(np.float32), sampling_rate=16000)
+    assert (wrong["input_features"] - expected["input_features"]).abs().mean() > 0.05
+
+
+def test_integer_pcm_scaling_and_channel_layouts():
+    wave = signal(0.5)
+    pcm16 = np.round(wave * 32767).astype(np.int16)
+    np.testing.assert_allclose(prepare_audio(pcm16, 16000), pcm16 / 32768.0, atol=1e-7)
+    pcm32 = pcm16.astype(np.int32) << 16
+    np.testing.assert_allclose(prepare_audio(pcm32, 16000), pcm16 / 32768.0, atol=1e-7)
+    unsigned = np.array([0, 128, 255], dtype=np.uint8)
+    np.testing.assert_allclose(prepare_audio(unsigned, 16000), [-1.0, 0.0, 127 / 128], atol=1e-7)
+
+    left, right = wave, signal(0.5, seed=5)
+    mono = (left + right) / 2
+    np.testing.assert_allclose(prepare_audio(np.stack([left, right], axis=1), 16000), mono, atol=1e-7)
+    np.testing.assert_allclose(prepare_audio(np.stack([left, right], axis=0), 16000), mono, atol=1e-7)
+    np.testing.assert_allclose(prepare_audio(torch.from_numpy(mono).to(torch.float64), 16000), mono, atol=1e-7)
+    np.testing.assert_allclose(prepare_audio(mono.tolist(), 16000), mono, atol=1e-7)
+    assert prepare_audio(signal(1.0, 8000), 8000).shape == (16000,)
+
+
+def test_load_audio_formats_agree(tmp_path):
+    wave = signal(0.8, 22050)
+    expected = prepare_audio(wave, 22050)
+    (tmp_path / "a.wav").write_bytes(wav_bytes(wave, 22050))
+    (tmp_path / "a.flac").write_bytes(flac_bytes(wave, 22050))
+    for source in [tmp_path / "a.wav", str(tmp_path / "a.flac"), wav_bytes(wave, 22050), io.BytesIO(flac_bytes(wave, 22050))]:
+        decoded = load_audio(source)
+        assert decoded.dtype == np.float32 and decoded.shape == expected.shape
+        np.testing.assert_allclose(decoded, expected, atol=2e-4)  # 16-bit quantisation
+    stereo = np.stack([wave, wave], axis=1)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, stereo, 22050, format="WAV", subtype="PCM_16")
+    np.testing.assert_allclose(load_audio(buffer.getvalue()), expected, atol=2e-4)
+
+
+def test_processor_reads_files(processor, tmp_path):
+    wave = signal(1.0)
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(wave))
+    from_file = processor(audio=str(path))
+    from_array = processor(audio=load_audio(path), sampling_rate=16000)
+    torch.testing.assert_close(from_file["input_features"], from_array["input_features"])
+
+    frames = mouth_frames(12)
+    clip = processor(videos=mp4_bytes(frames))
+    assert clip["pixel_values_videos"].shape == (1, 12, 1, 16, 16)
+
+
+# -- video -----------------------------------------------------------------------------------------------------------
+
+
+def test_video_grayscale_resize_crop_and_normalisation():
+    video_processor = LlamaMTSKVideoProcessor(image_size=16, roi_size=18)
+    red = np.zeros((2, 18, 18, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    out = video_processor.preprocess_clip(red)
+    torch.testing.assert_close(out, torch.full((2, 16, 16), (0.299 - MEAN) / STD))
+
+    frames = mouth_frames(3, side=96)
+    pixels = torch.from_numpy(frames).float()[:, None] / 255
+    resized = F.interpolate(pixels, size=(18, 18), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    expected = (resized[:, 0, 1:17, 1:17] - MEAN) / STD
+    torch.testing.assert_close(video_processor.preprocess_clip(frames), expected)
+    # (T, H, W, 1) and float [0, 1] inputs are the same clip.
+    torch.testing.assert_close(video_processor.preprocess_clip(frames[..., None]), expected)
+    torch.testing.assert_close(video_processor.preprocess_clip(frames.astype(np.float32) / 255), expected, atol=1e-6, rtol=0)
+
+    roi = mouth_frames(2, side=18)
+    expected_crop = (torch.from_numpy(roi[:, 1:17, 1:17]).float() / 255 - MEAN) / STD
+    torch.testing.assert_close(video_processor.preprocess_clip(roi), expected_crop)
+
+
+def test_clips_already_cropped_are_not_cropped_again():
+    video_processor = LlamaMTSKVideoProcessor()  # 96 -> 88
+    crop = mouth_frames(4, side=88)
+    expected = (torch.from_numpy(crop).float() / 255 - MEAN) / STD
+    torch.testing.assert_close(video_processor.preprocess_clip(crop), expected)
+    out = video_processor(mouth_frames(4, side=96))
+    assert out["pixel_values_videos"].shape == (1, 4, 1, 88, 88)
+
+
+def test_video_time_resampling():
+    video_processor = LlamaMTSKVideoProcessor(image_size=16, roi_size=18)
+    frames = np.stack([np.full((18, 18), index, dtype=np.uint8) for index in range(60)])
+    at_50 = video_processor.preprocess_clip(frames, fps=50)
+    assert at_50.shape[0] == 30
+    torch.testing.assert_close(at_50[:, 0, 0] * STD + MEAN, torch.arange(0, 60, 2).float() / 255)
+    assert video_processor.preprocess_clip(frames, fps=30).shape[0] == 50
+    assert video_processor.preprocess_clip(frames, fps=25).shape[0] == 60
+
+    # Variable frame rate: the frame on screen at each 25 fps tick.
+    times = np.array([0.0, 0.01, 0.05, 0.13, 0.17])
+    picked = resample_frames(np.arange(5), times, fps=25)
+    assert picked.tolist() == [0, 1, 2, 2, 3]  # ticks at 0, 40, 80, 120, 160 ms
+
+
+def test_load_video_and_audiovisual(tmp_path):
+    frames = smooth_frames(40)
+    audio = signal(40 / 25)
+    data = mp4_bytes(frames, audio)
+    decoded, fps = load_video(data)
+    assert decoded.shape == (40, 96, 96, 3) and decoded.dtype == np.uint8 and fps == 25
+    assert np.abs(decoded.astype(int) - frames).mean() < 3  # lossy H.264
+    gray, _ = load_video(data, gray=True)
+    assert gray.shape == (40, 96, 96)
+    assert probe_streams(data) == (True, True) and probe_streams(wav_bytes(audio)) == (True, False)
+    assert probe_streams(mp4_bytes(frames)) == (False, True)
+
+    wave, clip = load_audiovisual(data)
+    assert clip.shape[0] == 40 and wave.shape == (40 * 640,)
+    np.testing.assert_allclose(wave[: len(audio) - 2000], load_audio(data)[: len(audio) - 2000])
+
+    faster, fps = load_video(mp4_bytes(mouth_frames(30), fps=30), fps=25)
+    assert fps == 25 and faster.shape[0] == 25
+    wave, clip = load_audiovisual(mp4_bytes(mouth_frames(30), audio=signal(1.0), fps=30))
+    assert clip.shape[0] == 25 and wave.shape == (25 * 640,)
+
+
+def test_audio_video_alignment(caplog):
+    audio = np.ones(10 * 640 + 300, dtype=np.float32)
+    assert align_audio_to_frames(audio, 10).shape == (6400,)
+    assert align_audio_to_frames(audio[:6000], 10)[6000:].tolist() == [0.0] * 400
+    with caplog.at_level(logging.WARNING):
+        aligned = align_audio_to_frames(np.ones(8000, dtype=np.float32), 10, name="clip.mp4")
+    assert aligned.shape == (6400,)
+    assert "clip.mp4" in caplog.text and "8000 samples" in caplog.text and "10 frames" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        wave, clip = load_audiovisual(mp4_bytes(mouth_frames(50), audio=signal(1.0)))
+    assert clip.shape[0] == 50 and wave.shape == (32000,)
+    assert "16384 samples" in caplog.text and "50 frames" in caplog.text  # half the audio is padding: said out loud
+
+
+# -- decoding and batch_decode ---------------------------------------------------------------------------------------
+
+
+def test_batch_decode_gives_clean_lower_case_text(processor, tokenizer):
+    ids = tokenizer.convert_tokens_to_ids
+    sequences = torch.tensor(
+        [
+            [ids("set"), ids("red"), tokenizer.eos_token_id, tokenizer.pad_token_id],
+            [ids("<audio>"), ids("bin"), ids("</video>"), tokenizer.pad_token_id],
+        ]
+    )
+    assert processor.batch_decode(sequences) == ["set red", "bin"]
+    assert processor.decode(sequences[0]) == "set red"
+    labels = processor(text=["Set  RED"])["labels"]
+    assert processor.batch_decode(labels) == ["set red"]
+
+
+# -- errors ----------------------------------------------------------------------------------------------------------
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        load_audio(tmp_path / "missing.wav")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"Unsupported media type '\.txt'.*\.wav"):
+        load_audio(tmp_path / "notes.txt")
+    (tmp_path / "broken.mp4").write_bytes(b"this is not a video")
+    with pytest.raises(ValueError, match="broken.mp4"):
+        load_video(tmp_path / "broken.mp4")
+    with pytest.raises(ValueError, match="Could not read"):
+        load_audio(b"\x00\x01 random bytes that are no media at all")
+    (tmp_path / "broken.wav").write_bytes(wav_bytes(signal(0.1))[:30])
+    with pytest.raises(ValueError, match="broken.wav"):
+        load_audio(tmp_path / "broken.wav")
+
+    empty_wav = io.BytesIO()
+    soundfile.write(empty_wav, np.zeros(0, dtype=np.float32), 16000, format="WAV")
+    with pytest.raises(ValueError, match="no audio samples"):
+        load_audio(empty_wav.getvalue())
+    with pytest.raises(ValueError, match="zero frames"):
+        load_video(empty_video_bytes())
+    with pytest.raises(ValueError, match="no audio stream"):
+        load_audio(mp4_bytes(mouth_frames(5)))
+    with pytest.raises(ValueError, match="audio file"):
+        load_video(wav_bytes(signal(0.2)))
+
+
+def test_truncated_video_is_refused(tmp_path):
+    frames = mouth_frames(50)
+    full = faststart_mp4(tmp_path / "full.mp4", frames, signal(2.0))
+    assert load_audiovisual(full)[1].shape[0] == 50
+    for fraction in (0.5, 0.9):
+        with pytest.raises(ValueError, match="truncated"):
+            load_audiovisual(full[: int(len(full) * fraction)])
+    cut = mp4_bytes(frames, signal(2.0))
+    with pytest.raises(ValueError, match="Could not read"):
+        load_video(cut[: len(cut) // 2])  # index at the end: unreadable
+
+
+def test_array_errors(processor):
+    with pytest.raises(ValueError, match=r"audio\[0\] holds 1 NaN"):
+        processor(audio=np.array([0.1, np.nan, 0.2], dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        processor(audio=np.array([0.1, np.inf], dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="no audio samples"):
+        processor(audio=np.zeros(0, dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="sampling_rate"):
+        processor(audio=signal(0.5))
+    with pytest.raises(ValueError, match="shape"):
+        processor(audio=np.zeros((2, 3, 100), dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="at most 8 channels"):
+        processor(audio=np.zeros((20, 100), dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match=r"2\.50 s long .* Whisper window of 2 s"):
+        processor(audio=signal(2.5), sampling_rate=16000)
+    with pytest.raises(ValueError, match=r"videos\[0\] has zero frames"):
+        processor(videos=np.zeros((0, 96, 96), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\(T, H, W\) or \(T, H, W, C\)"):
+        processor(videos=np.zeros((96, 96), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"float frames must be in \[0, 1\]"):
+        processor(videos=np.full((2, 96, 96), 200.0, dtype=np.float32))
+    with pytest.raises(ValueError, match="different batch sizes"):
+        processor(audio=[signal(0.5), signal(0.5)], videos=mouth_frames(5), sampling_rate=16000)
+    with pytest.raises(ValueError, match="at least one"):
+        processor()
+
+
+# -- save / load -----------------------------------------------------------------------------------------------------
+
+
+def test_round_trip_through_auto_processor(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(loaded).__name__ == "LlamaMTSKProcessor"
+    assert type(loaded.video_processor).__name__ == "LlamaMTSKVideoProcessor"
+    inputs = dict(audio=signal(1.1), videos=mouth_frames(9), text="set red", sampling_rate=16000)
+    expected, actual = processor(**inputs), loaded(**inputs)
+    assert set(expected) == set(actual)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name])
