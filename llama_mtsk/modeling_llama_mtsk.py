@@ -529,6 +529,13 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         if self.config.uses_video and self.config.freeze_video_encoder:
             self.video_encoder.requires_grad_(False)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading replaces the parameters built in `__init__`, and with them their `requires_grad` flags.
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze()
+        return loaded
+
     def initialize_weights(self) -> None:
         super().initialize_weights()
         # The LLM's own `_init_weights` treats adapters as plain linear layers; give them the configured init.

@@ -245,3 +245,14 @@ def test_text_path_is_the_llm_with_the_scale_adapters():
     model = tiny_model(modality="audio", lora_strategy="none")
     ids = torch.tensor([[1, 12, 13, 14]])
     torch.testing.assert_close(model(input_ids=ids).logits, model.language_model(input_ids=ids).logits)
+
+
+def test_loaded_models_keep_the_llm_and_frozen_encoders_frozen(tmp_path):
+    model = tiny_model(lora_strategy="mss", freeze_video_encoder=False)
+    model.save_pretrained(tmp_path)
+    loaded = LlamaMTSKForConditionalGeneration.from_pretrained(tmp_path)
+    trainable = {name for name, parameter in loaded.named_parameters() if parameter.requires_grad}
+    assert trainable == {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert any(name.startswith("video_encoder.") for name in trainable)
+    assert not any(name.startswith("audio_encoder.") for name in trainable)
+    assert not any(name.startswith("language_model.") and "lora_" not in name for name in trainable)
