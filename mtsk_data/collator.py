@@ -18,7 +18,8 @@ computes the Whisper log-mel, normalises the pixels and tokenises the transcript
 Determinism: the augmentation of a record is drawn from a generator seeded by ``(seed, epoch, record id)``
 (:func:`~mtsk_data.augment.sample_rng`), so it does not depend on the batch, the process or the DataLoader worker,
 and a resumed run reproduces it. Call :meth:`MTSKCollator.set_epoch` at the start of every epoch (with the sampler's
-``set_epoch``); the epoch lives in shared memory, so DataLoader workers see it even when they are persistent.
+``set_epoch``; :class:`~mtsk_data.sampler.EpochDataset` does both from the hook accelerate calls); the epoch lives in
+shared memory, so DataLoader workers see it even when they are persistent.
 """
 
 from __future__ import annotations

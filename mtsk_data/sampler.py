@@ -21,8 +21,8 @@ is seen exactly once per epoch. The shuffle is seeded by ``(seed, epoch)`` only:
 list without talking to the others, and a resumed run reproduces it. A sample longer than ``max_frames`` is an error
 (filter the corpus or raise the cap): it cannot fit any batch and is never dropped silently.
 
-Using it with accelerate and the transformers Trainer (checked with ``accelerate launch --num_processes 2 --cpu``,
-accelerate 1.15, transformers 5.24; see tests/test_sampler.py):
+Using it with accelerate and the transformers Trainer (checked with two CPU processes under accelerate 1.15 and
+transformers 5.24; see tests/test_sampler.py):
 
 - ``Accelerator.prepare(DataLoader(dataset, batch_sampler=sampler, ...))`` wraps the sampler in accelerate's
   ``BatchSamplerShard``, which gives process ``r`` the batches ``r, r + n, r + 2n, ...`` of what the sampler yields.
@@ -33,10 +33,17 @@ accelerate 1.15, transformers 5.24; see tests/test_sampler.py):
   ``even_batches`` padding) and ``len(prepared_loader) == len(sampler) // num_replicas``.
 - Without accelerate (a plain PyTorch DDP loop) pass ``rank`` and the sampler yields only that process's batches.
 - ``set_epoch``: accelerate's ``DataLoaderShard.set_epoch`` does not reach a batch sampler wrapped in
-  ``BatchSamplerShard``; the Trainer (5.24, ``_run_epoch``) calls ``loader.batch_sampler.batch_sampler.set_epoch``
-  itself. In your own loop call ``sampler.set_epoch(epoch)`` before iterating (and before ``skip_first_batches`` when
-  resuming mid-epoch). The Trainer's ``_get_dataloader`` passes only its own ``BatchRebalanceSampler`` as a
-  ``batch_sampler``, so a Trainer subclass must build this ``DataLoader`` in ``get_train_dataloader``.
+  ``BatchSamplerShard`` (several processes); the Trainer (5.24, ``_run_epoch``) reaches it through
+  ``loader.batch_sampler.batch_sampler``, but not after ``skip_first_batches`` (resuming mid-epoch), where the chain
+  is ``SkipBatchSampler -> BatchSamplerShard -> sampler``. The one hook accelerate calls in every case (one or several
+  processes, resumed or not) is ``dataset.set_epoch``: wrap the dataset in :class:`EpochDataset`, which forwards the
+  epoch to the sampler and the collator.
+- The Trainer's ``_get_dataloader`` passes only its own ``BatchRebalanceSampler`` as a ``batch_sampler``, so a
+  Trainer subclass must build this ``DataLoader`` in ``get_train_dataloader``; and ``remove_unused_columns=False``,
+  or the Trainer strips the record columns (``audio``, ``video``, ``text``) that the collator reads.
+- Two CPU processes: ``accelerate launch --num_processes 2 --cpu script.py`` starts ONE process in accelerate 1.15
+  (its multi-CPU launcher needs MPI and a hostfile). ``accelerate launch --multi_gpu --num_processes 2 script.py``
+  with ``ACCELERATE_USE_CPU=true`` (or ``Accelerator(cpu=True)``) starts two processes on gloo.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,6 +126,36 @@ def _default_world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class EpochDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose ``set_epoch`` also sets the epoch of its followers (the batch sampler, the collator).
+
+    accelerate's ``DataLoaderShard.set_epoch`` calls ``dataset.set_epoch`` whatever wraps the batch sampler, so this is
+    the hook that keeps the sampler and the augmentation on the trainer's epoch (see the module doc).
+    """
+
+    def __init__(self, dataset: Any, *followers: Any) -> None:
+        for follower in followers:
+            if not callable(getattr(follower, "set_epoch", None)):
+                raise TypeError(f"EpochDataset: {type(follower).__name__} has no set_epoch method")
+        self.dataset = dataset
+        self.followers = followers
+
+    def set_epoch(self, epoch: int) -> None:
+        for follower in self.followers:
+            follower.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        # One call per batch: a datasets.Dataset reads all rows of a batch at once.
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(indices) if getitems is not None else [self.dataset[index] for index in indices]
 
 
 class FrameBatchSampler(Sampler[list[int]]):

@@ -18,12 +18,14 @@ parquet *row group* (the corpus writer stores 100 rows per group):
    error, never skipped.
 
 Use it with ``DataLoader(stream, batch_size=None, collate_fn=collator, num_workers=k)``: the DataLoader must not batch
-again (``batch_size=None``). Do not pass this loader through ``Accelerator.prepare``: for an ``IterableDataset``
-accelerate either dispatches batches from process 0 (``dispatch_batches=True``, the default, which reads the whole
-corpus on one process and requires equal batch shapes) or wraps the dataset in ``IterableDatasetShard``, which shards
-a second time and needs a fixed batch size. The stream already shards itself; move batches to the device yourself
-(the Trainer's ``_prepare_inputs`` does). The DataLoader has no ``set_epoch``: call :meth:`set_epoch` on the stream
-(and on the collator) at the start of each epoch; the epoch lives in shared memory so persistent workers see it.
+again (``batch_size=None``). Do not pass this loader through ``Accelerator.prepare`` (accelerate 1.15, checked with
+two processes): with ``dispatch_batches=True``, its default for an ``IterableDataset``, process 0 alone iterates, joins
+pairs of its batches and splits each pair between the processes, so batches mix lengths, can exceed the cap, and the
+other processes' row groups are never read; with ``dispatch_batches=False`` the loader is wrapped in
+``IterableDatasetShard``, which needs a fixed batch size and fails (``None * int``). The stream already shards itself;
+move batches to the device yourself (the Trainer's ``_prepare_inputs`` does). A plain DataLoader has no
+``set_epoch``: call :meth:`set_epoch` on the stream (and on the collator) at the start of each epoch; the epoch lives
+in shared memory so persistent workers see it.
 """
 
 from __future__ import annotations

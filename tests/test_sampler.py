@@ -15,7 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtsk_data.sampler import FrameBatchSampler, bucket_costs, frame_counts, make_divisible, pack_batches
+from mtsk_data.sampler import (
+    EpochDataset,
+    FrameBatchSampler,
+    bucket_costs,
+    frame_counts,
+    make_divisible,
+    pack_batches,
+)
 from mtsk_data.streaming import StreamingFrameBatches
 
 
@@ -127,6 +134,17 @@ def test_sampler_errors_and_edge_cases():
     assert len(batches) == 4 and sorted(map(tuple, batches))[:3] == [(0,), (1,), (2,)]
 
 
+def test_epoch_dataset_forwards_the_epoch_and_the_items():
+    sampler = FrameBatchSampler([5, 6, 7], 20)
+    follower = FrameBatchSampler([1, 2], 20)
+    dataset = EpochDataset(["a", "b", "c"], sampler, follower)
+    dataset.set_epoch(4)
+    assert sampler.epoch == follower.epoch == 4
+    assert len(dataset) == 3 and dataset[1] == "b" and dataset.__getitems__([2, 0]) == ["c", "a"]
+    with pytest.raises(TypeError, match="no set_epoch"):
+        EpochDataset(["a"], object())
+
+
 def _write_shards(directory: Path, lengths: np.ndarray, num_shards: int, row_group_size: int) -> list[str]:
     """Parquet shards holding only the columns the stream plans with, plus an id."""
     paths = []
@@ -213,10 +231,19 @@ import json, sys
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import skip_first_batches
 from torch.utils.data import DataLoader
 
-from mtsk_data.sampler import FrameBatchSampler
+from mtsk_data.sampler import EpochDataset, FrameBatchSampler
 from mtsk_data.streaming import StreamingFrameBatches
+
+
+class Follower:  # stands in for the collator
+    epoch = -1
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
 
 out_dir, lengths_path, shards = sys.argv[1], sys.argv[2], sys.argv[3:]
 lengths = np.load(lengths_path)
@@ -226,15 +253,18 @@ torch.distributed.barrier()  # gloo is up: the stream reads rank and world size 
 
 # Map-style: the sampler yields the whole epoch, accelerate's BatchSamplerShard picks this process's batches.
 sampler = FrameBatchSampler(lengths, 600, num_buckets=30, seed=9)
-loader = accelerator.prepare(DataLoader(range(len(lengths)), batch_sampler=sampler, collate_fn=list))
+follower = Follower()
+dataset = EpochDataset(range(len(lengths)), sampler, follower)
+loader = accelerator.prepare(DataLoader(dataset, batch_sampler=sampler, collate_fn=list))
 prepared_length = len(loader)
 result = {"rank": rank, "world": world, "sampler_replicas": sampler.num_replicas, "epochs": [], "direct": [],
-          "prepared_length": prepared_length, "stream": []}
+          "prepared_length": prepared_length, "stream": [], "follower": []}
 stream = StreamingFrameBatches(shards, 600, buffer_rows=40, seed=9)
 for epoch in range(2):
-    # What Trainer._run_epoch (transformers 5.24) does to reach a batch sampler under BatchSamplerShard.
-    loader.batch_sampler.batch_sampler.set_epoch(epoch)
+    # The Trainer calls this; accelerate forwards it to dataset.set_epoch, and EpochDataset to the sampler.
+    loader.set_epoch(epoch)
     result["epochs"].append([list(map(int, batch)) for batch in loader])
+    result["follower"].append(follower.epoch)
     direct = FrameBatchSampler(lengths, 600, num_buckets=30, seed=9, num_replicas=world, rank=rank)
     direct.set_epoch(epoch)
     result["direct"].append([list(map(int, batch)) for batch in direct])
@@ -244,6 +274,11 @@ for epoch in range(2):
     steps = torch.tensor([len(result["epochs"][-1]), len(result["stream"][-1])])
     gathered = accelerator.gather(steps[None])
     result.setdefault("gathered_steps", []).append(gathered.tolist())
+# Resuming after one batch of epoch 1 in a fresh process (the sampler still at epoch 0), as the Trainer does it.
+sampler.set_epoch(0)
+resumed = skip_first_batches(loader, 1)
+resumed.set_epoch(1)
+result["resumed"] = [list(map(int, batch)) for batch in resumed]
 with open(f"{out_dir}/rank{rank}.json", "w") as file:
     json.dump(result, file)
 """
@@ -286,7 +321,9 @@ def test_two_processes_under_accelerate_get_disjoint_batches_that_cover_the_epoc
         assert {name for batches in (stream0, stream1) for batch in batches for name in batch} == set(length_of)
         for batch in stream0 + stream1:
             assert len(batch) * max(length_of[name] for name in batch) <= 600
+        assert [result["follower"][epoch] for result in results] == [epoch, epoch]
         assert results[0]["gathered_steps"][epoch] == results[1]["gathered_steps"][epoch]
         steps = results[0]["gathered_steps"][epoch]
         assert steps[0] == steps[1]  # equal step counts on both processes, for both loaders
     assert results[0]["epochs"][0] != results[0]["epochs"][1]
+    assert [result["resumed"] for result in results] == [result["epochs"][1][1:] for result in results]
