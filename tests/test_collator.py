@@ -9,8 +9,9 @@ from tiny_models import tiny_config, tiny_tokenizer
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, load_audio, load_video
 from mtsk_data.augment import AugmentationConfig, center_crop, measure_snr_db
 from mtsk_data.collator import MTSKCollator, babble_from_records, decode_video, resize_to_roi
-from mtsk_data.records import make_record
-from mtsk_data.sampler import FrameBatchSampler, frame_counts
+from mtsk_data.records import ShardWriter, load_split, make_record, shard_paths
+from mtsk_data.sampler import EpochDataset, FrameBatchSampler, frame_counts
+from mtsk_data.streaming import StreamingFrameBatches
 
 
 def _mouth(x: np.ndarray, y: np.ndarray, frame: int) -> np.ndarray:
@@ -225,3 +226,30 @@ def test_loader_batches_respect_the_cap_cover_each_record_once_and_use_the_epoch
             if epoch == 0:
                 frames_seen.extend(batch["pixel_values_videos_mask"].sum(1).tolist() for batch in batches)
     assert sorted(sum(frames_seen, [])) == sorted(record["n_frames"] for record in records)
+
+
+def test_corpus_shards_to_model_inputs_map_style_and_streaming(records, processor, tmp_path):
+    with ShardWriter(tmp_path, "train", records_per_shard=5, row_group_size=2) as writer:
+        for record in records:
+            writer.write(record)
+    clean = AugmentationConfig(train_snrs_db=(None,))
+    collator = MTSKCollator(processor, "audiovisual", training=True, augmentation=clean)
+    total_frames = sum(record["n_frames"] for record in records)
+
+    dataset = load_split(tmp_path, "train")
+    lengths = frame_counts(dataset["n_frames"], dataset["duration"])
+    sampler = FrameBatchSampler(lengths, 100, num_replicas=1)
+    loader = torch.utils.data.DataLoader(
+        EpochDataset(dataset, sampler, collator), batch_sampler=sampler, collate_fn=collator
+    )
+    loader.dataset.set_epoch(2)
+    assert sampler.epoch == collator.epoch == 2
+    map_style = list(loader)
+
+    stream = StreamingFrameBatches(shard_paths(tmp_path, "train"), 100, buffer_rows=4, num_replicas=1, rank=0)
+    streamed = list(torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=collator))
+    for batches in (map_style, streamed):
+        for batch in batches:
+            assert batch["pixel_values_videos_mask"].numel() <= 100
+            assert batch["input_features"].shape[0] == batch["labels"].shape[0] == batch["pixel_values_videos"].shape[0]
+        assert sum(int(batch["pixel_values_videos_mask"].sum()) for batch in batches) == total_frames
