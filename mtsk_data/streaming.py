@@ -157,7 +157,6 @@ class StreamingFrameBatches(IterableDataset):
         self.bucket_edges = np.unique(
             np.quantile(all_lengths, np.linspace(0.0, 1.0, num_buckets + 1), method="higher")
         )
-        self.num_samples = int(all_lengths.size)
 
     @property
     def epoch(self) -> int:
