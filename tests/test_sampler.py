@@ -3,6 +3,7 @@ two CPU processes started by ``accelerate launch`` (gloo)."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -284,6 +285,13 @@ with open(f"{out_dir}/rank{rank}.json", "w") as file:
 """
 
 
+def _free_port() -> int:
+    """A free TCP port, so that parallel test runs do not collide on torchrun's default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_processes_under_accelerate_get_disjoint_batches_that_cover_the_epoch(tmp_path):
     lengths = _lengths(211, seed=2)
     lengths_path = tmp_path / "lengths.npy"
@@ -297,7 +305,8 @@ def test_two_processes_under_accelerate_get_disjoint_batches_that_cover_the_epoc
         # `--cpu --num_processes 2` starts ONE process in accelerate 1.15 (its multi-CPU path needs MPI); the
         # torchrun-based launcher with a CPU-only Accelerator (gloo) gives two.
         [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", str(script), str(tmp_path), str(lengths_path), *shards],
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script), str(tmp_path),
+         str(lengths_path), *shards],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=240,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
