@@ -282,6 +282,9 @@ resumed.set_epoch(1)
 result["resumed"] = [list(map(int, batch)) for batch in resumed]
 with open(f"{out_dir}/rank{rank}.json", "w") as file:
     json.dump(result, file)
+# Leave together: a process that exits while the other still holds the gloo group can abort.
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 
