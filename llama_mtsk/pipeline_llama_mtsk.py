@@ -213,27 +213,46 @@ class LlamaMTSKPipeline(ChunkPipeline):
             return load_audio(source), None
         return None, None  # the modality check explains what is missing
 
-    def _decode_stream(self, value: Any, kind: str, rate: float | None) -> tuple[np.ndarray, float | None]:
-        """One stream of an `{"audio": ..., "video": ...}` input: returns the waveform at 16 kHz or the frames and
-        their fps."""
+    @staticmethod
+    def _unwrap_record(value: Any) -> Any:
+        """A datasets media record `{"bytes": ..., "path": ...}` -> its bytes, or its path when it has no bytes."""
+        if isinstance(value, dict) and (value.get("bytes") is not None or value.get("path") is not None):
+            return value["bytes"] if value.get("bytes") is not None else value["path"]
+        return value
+
+    def _decode_audio_stream(self, value: Any, sampling_rate: int | None) -> np.ndarray:
+        """The `"audio"` of an `{"audio": ..., "video": ...}` input -> 16 kHz float32 waveform."""
+        value = self._unwrap_record(value)
         if isinstance(value, dict):
-            if value.get("bytes") is not None or value.get("path") is not None:  # a datasets media record
-                value = value["bytes"] if value.get("bytes") is not None else value["path"]
-            elif kind == "audio" and ("raw" in value or "array" in value):
-                rate = value.get("sampling_rate", rate)
-                value = value["raw"] if "raw" in value else value["array"]
-            else:
-                raise ValueError(f'input["{kind}"] is a dict with keys {sorted(value)}; expected {_ACCEPTED_INPUTS}')
-        if kind == "audio":
-            if _is_media_source(value):
-                return load_audio(value), None
-            if rate is None:
-                raise ValueError('input["audio"] is a raw waveform: give its rate as input["sampling_rate"]')
-            return prepare_audio(value, int(rate), name='input["audio"]'), None
+            if "raw" not in value and "array" not in value:
+                raise ValueError(f'input["audio"] is a dict with keys {sorted(value)}; expected {_ACCEPTED_INPUTS}')
+            sampling_rate = value.get("sampling_rate", sampling_rate)
+            value = value["raw"] if "raw" in value else value["array"]
         if _is_media_source(value):
-            frames, _ = load_video(value, fps=VIDEO_FPS)
-            return frames, float(VIDEO_FPS)
-        return value, float(rate) if rate is not None else float(VIDEO_FPS)
+            return load_audio(value)
+        if sampling_rate is None:
+            raise ValueError('input["audio"] is a raw waveform: give its rate as input["sampling_rate"]')
+        return prepare_audio(value, sampling_rate, name='input["audio"]')
+
+    def _decode_video_stream(self, value: Any, fps: float | None) -> np.ndarray:
+        """The `"video"` of an `{"audio": ..., "video": ...}` input -> frames at 25 fps (values are checked by the
+        video processor)."""
+        value = self._unwrap_record(value)
+        if isinstance(value, dict):
+            raise ValueError(f'input["video"] is a dict with keys {sorted(value)}; expected {_ACCEPTED_INPUTS}')
+        if _is_media_source(value):
+            return load_video(value, fps=VIDEO_FPS)[0]
+        frames = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if frames.ndim not in (3, 4):
+            raise ValueError(f'input["video"]: expected frames of shape (T, H, W) or (T, H, W, C), got shape {frames.shape}')
+        if len(frames) == 0:
+            raise ValueError('input["video"] has zero frames')
+        fps = float(VIDEO_FPS if fps is None else fps)
+        if fps <= 0:
+            raise ValueError(f'input["fps"] must be positive, got {fps}')
+        if fps != VIDEO_FPS:
+            frames = resample_frames(frames, np.arange(len(frames)) / fps, VIDEO_FPS)
+        return frames
 
     def _decode(self, inputs: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Any accepted input -> (16 kHz float32 waveform or None, 25 fps frames or None)."""
@@ -249,35 +268,18 @@ class LlamaMTSKPipeline(ChunkPipeline):
             waveform = inputs["raw"] if "raw" in inputs else inputs["array"]
             return prepare_audio(waveform, inputs["sampling_rate"], name="input audio"), None
         if inputs.get("bytes") is not None or inputs.get("path") is not None:
-            return self._decode_file(inputs["bytes"] if inputs.get("bytes") is not None else inputs["path"])
+            return self._decode_file(self._unwrap_record(inputs))
         if "audio" not in inputs and "video" not in inputs:
             raise ValueError(f"Unsupported input dict with keys {sorted(inputs)}; expected {_ACCEPTED_INPUTS}")
         config = self.model.config
         audio = video = None
         if inputs.get("audio") is not None and config.uses_audio:
-            audio, _ = self._decode_stream(inputs["audio"], "audio", inputs.get("sampling_rate"))
+            audio = self._decode_audio_stream(inputs["audio"], inputs.get("sampling_rate"))
         if inputs.get("video") is not None and config.uses_video:
-            frames, fps = self._decode_stream(inputs["video"], "video", inputs.get("fps"))
-            video = self._as_frames(frames, fps)
+            video = self._decode_video_stream(inputs["video"], inputs.get("fps"))
         if audio is not None and video is not None:
             audio = align_audio_to_frames(audio, len(video), name="input")
         return audio, video
-
-    @staticmethod
-    def _as_frames(frames: Any, fps: float) -> np.ndarray:
-        """A raw clip at `fps` -> numpy frames at 25 fps (values are checked by the video processor)."""
-        if isinstance(frames, torch.Tensor):
-            frames = frames.detach().cpu().numpy()
-        frames = np.asarray(frames)
-        if frames.ndim not in (3, 4):
-            raise ValueError(f'input["video"]: expected frames of shape (T, H, W) or (T, H, W, C), got shape {frames.shape}')
-        if len(frames) == 0:
-            raise ValueError('input["video"] has zero frames')
-        if fps <= 0:
-            raise ValueError(f'input["fps"] must be positive, got {fps}')
-        if fps != VIDEO_FPS:
-            frames = resample_frames(frames, np.arange(len(frames)) / fps, VIDEO_FPS)
-        return frames
 
     def _check_modalities(self, audio: np.ndarray | None, video: np.ndarray | None) -> None:
         config = self.model.config

@@ -379,14 +379,14 @@ def prepare_audio(
         raise ValueError(f"{name} holds no audio samples")
     _check_finite(array, name)
 
+    # Down-mix first (cheaper to resample one channel), in float32: ample precision for 24-bit PCM.
+    waveform = array.astype(np.float32, copy=False)
+    waveform = waveform.mean(axis=1, dtype=np.float32) if waveform.ndim == 2 else waveform
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
-        if info.min == 0:  # unsigned PCM is offset binary (8-bit WAV)
-            array = (array.astype(np.float64) - (info.max + 1) / 2) / ((info.max + 1) / 2)
-        else:
-            array = array.astype(np.float64) / -float(info.min)
-    waveform = array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
-    waveform = waveform.mean(axis=1) if waveform.ndim == 2 else waveform
+        half_range = np.float32((int(info.max) + 1) / 2 if info.min == 0 else -int(info.min))
+        # Unsigned PCM (8-bit WAV) is offset binary: its zero is the middle of the range.
+        waveform = (waveform - half_range) / half_range if info.min == 0 else waveform / half_range
     if int(sampling_rate) != target_rate:
         import soxr
 

@@ -389,3 +389,24 @@ def test_round_trip_through_auto_processor(processor, tmp_path):
     assert set(expected) == set(actual)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name])
+
+
+def test_outputs_feed_the_model_forward_and_generate(tokenizer):
+    from tiny_models import tiny_model
+
+    model = tiny_model(modality="audiovisual", lora_strategy="mss")
+    processor = LlamaMTSKProcessor.from_model_config(model.config, tokenizer)
+    inputs = processor(
+        audio=[signal(1.5, seed=1), signal(0.8, seed=2)],
+        videos=[mouth_frames(37, seed=1), mouth_frames(20, seed=2)],
+        text=["set red at b now", "bin blue"],
+        sampling_rate=16000,
+    )
+    with torch.no_grad():
+        matryoshka = model(**inputs)
+        single_scale = model(**inputs, scale=(16, 5))
+        generated = model.generate(**{k: v for k, v in inputs.items() if k != "labels"}, scale=(4, 2), max_new_tokens=4)
+    assert torch.isfinite(matryoshka.loss) and matryoshka.scale_losses.shape == (4,)
+    assert torch.isfinite(single_scale.loss)
+    assert generated.shape[0] == 2 and generated.shape[1] <= 4
+    assert all(isinstance(text, str) for text in processor.batch_decode(generated))
