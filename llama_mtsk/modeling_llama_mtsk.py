@@ -309,6 +309,11 @@ class AVHubertVideoEncoder(AVHubertPreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def compressed_lengths(lengths: torch.Tensor, rate: int) -> torch.Tensor:
+    """Tokens a clip of `lengths` frames gives at `rate`: full windows only, but at least one."""
+    return torch.clamp(lengths // rate, min=1)
+
+
 def compress_frames(
     features: torch.Tensor, lengths: torch.Tensor, rate: int, method: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +331,7 @@ def compress_frames(
         `stack`, and `(batch,)` real token counts.
     """
     batch_size, num_frames, dim = features.shape
-    token_counts = torch.clamp(lengths // rate, min=1)
+    token_counts = compressed_lengths(lengths, rate)
     max_tokens = int(token_counts.max())
     frame_mask = torch.arange(num_frames, device=features.device)[None, :] < lengths[:, None]
     features = features * frame_mask.unsqueeze(-1).to(features.dtype)
@@ -616,8 +621,9 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
 
     # -- encoders and projection -------------------------------------------------------------------------------------
 
-    def _encode_audio(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None):
-        """Whisper over its whole window, then each sample's output cut to its own length (50 frames per second)."""
+    def audio_frame_lengths(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None) -> torch.Tensor:
+        """Real Whisper output frames per sample (50 per second, at least 25 as in the authors' code), after checking
+        that the features fit this model's Whisper window."""
         expected = self.config.audio_config.num_mel_bins, 2 * self.config.audio_config.max_source_positions
         if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
             raise ValueError(
@@ -633,14 +639,16 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                     f"input_features_mask must be (batch, {expected[1]}), got {tuple(input_features_mask.shape)}"
                 )
             mel_frames = input_features_mask.sum(-1)
-        lengths = torch.clamp(mel_frames // 2, min=MIN_AUDIO_FRAMES, max=self.config.audio_config.max_source_positions)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
-            features = self.audio_encoder(input_features.to(self.audio_encoder.dtype)).last_hidden_state
-        return features, lengths
+        return torch.clamp(mel_frames // 2, min=MIN_AUDIO_FRAMES, max=self.config.audio_config.max_source_positions)
 
-    def _encode_video(self, pixel_values_videos: torch.Tensor, pixel_values_videos_mask: torch.Tensor | None):
+    def video_frame_lengths(
+        self, pixel_values_videos: torch.Tensor, pixel_values_videos_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Real video frames per sample, each at least one."""
         if pixel_values_videos_mask is None:
-            lengths = torch.full((pixel_values_videos.shape[0],), pixel_values_videos.shape[1], device=pixel_values_videos.device)
+            lengths = torch.full(
+                (pixel_values_videos.shape[0],), pixel_values_videos.shape[1], device=pixel_values_videos.device
+            )
         else:
             if tuple(pixel_values_videos_mask.shape) != tuple(pixel_values_videos.shape[:2]):
                 raise ValueError(
@@ -650,6 +658,40 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             lengths = pixel_values_videos_mask.sum(-1)
         if bool((lengths == 0).any()):
             raise ValueError(f"Every video needs at least one frame; frames per sample: {lengths.tolist()}")
+        return lengths
+
+    def count_llm_input_tokens(
+        self,
+        scale: int | tuple,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        pixel_values_videos_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Tokens each sample feeds the LLM at `scale` before the transcript (BOS, modality blocks with their
+        delimiters, prompt), without running any encoder: the number that sets the LLM's compute."""
+        audio_rate, video_rate = self.config.normalize_scale(scale)
+        self._check_inputs(input_features, pixel_values_videos, None, None)
+        prompt_length = len(self.config.prompt_token_ids or [])
+        tokens = None
+        if audio_rate is not None:
+            lengths = self.audio_frame_lengths(input_features, input_features_mask)
+            tokens = 2 + compressed_lengths(lengths, audio_rate)
+        if video_rate is not None:
+            lengths = self.video_frame_lengths(pixel_values_videos, pixel_values_videos_mask)
+            video_tokens = 2 + compressed_lengths(lengths, video_rate)
+            tokens = video_tokens if tokens is None else tokens + video_tokens
+        return 1 + tokens + prompt_length
+
+    def _encode_audio(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None):
+        """Whisper over its whole window, then each sample's output cut to its own length."""
+        lengths = self.audio_frame_lengths(input_features, input_features_mask)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
+            features = self.audio_encoder(input_features.to(self.audio_encoder.dtype)).last_hidden_state
+        return features, lengths
+
+    def _encode_video(self, pixel_values_videos: torch.Tensor, pixel_values_videos_mask: torch.Tensor | None):
+        lengths = self.video_frame_lengths(pixel_values_videos, pixel_values_videos_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_video_encoder):
             features = self.video_encoder(
                 pixel_values_videos.to(self.video_encoder.dtype), pixel_values_videos_mask

@@ -200,6 +200,8 @@ def test_llm_tokens_follow_the_rates():
     for index, scale in enumerate(model.config.scales):
         embeds, _, _ = model.build_inputs_embeds(**inputs, scale_index=torch.tensor([index]))
         counts[scale] = embeds.shape[1] - (1 + 4 + prompt)  # BOS, four delimiters, prompt
+        # The count that needs no encoder agrees with the sequence actually built.
+        assert model.count_llm_input_tokens(scale, **inputs).tolist() == [embeds.shape[1]]
     assert counts == {(4, 2): 125 + 125, (4, 5): 125 + 50, (16, 2): 31 + 125, (16, 5): 31 + 50}
 
 
