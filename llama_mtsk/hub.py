@@ -216,7 +216,8 @@ def save_checkpoint(
     commit_message: str = "Upload Llama-MTSK checkpoint",
 ) -> Path:
     """
-    Saves a complete checkpoint (see the module docstring) and, with `push_to_hub=True`, uploads the folder.
+    Saves a complete checkpoint (see the module docstring) and, with `push_to_hub=True`, uploads the folder. Sets
+    `model.config.custom_pipelines` and adds `AutoProcessor` to `model.config.auto_map` on the way.
 
     Args:
         save_directory: The checkpoint folder (created if needed).
