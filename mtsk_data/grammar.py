@@ -1,9 +1,9 @@
 """The text grammar of the embedded corpus: a small realistic vocabulary and train / validation / test splits.
 
 Sentences come from a handful of templates in the style of the GRID corpus ("place blue at f two now") plus
-everyday commands ("anna will bring the red phone soon", "dial one two three four"), 3 to 7 words each. Every sentence in the
-corpus is distinct, so a validation or test sentence never occurs in training, while all splits share the
-vocabulary. Everything is deterministic given the seed.
+everyday commands ("anna will bring the red phone soon", "dial one two three four"), 3 to 7 words each. Every
+sentence in the corpus is distinct, so a validation or test sentence never occurs in training, while all splits
+share the vocabulary. Everything is deterministic given the seed.
 """
 
 from __future__ import annotations

@@ -174,7 +174,9 @@ def _probe_wav(data: bytes, name: str) -> float:
     if info.format != "WAV" or info.subtype != "PCM_16":
         raise ValueError(f"{name}: expected 16-bit PCM WAV, got {info.format}/{info.subtype}")
     if info.samplerate != SAMPLE_RATE or info.channels != 1:
-        raise ValueError(f"{name}: expected {SAMPLE_RATE} Hz mono, got {info.samplerate} Hz, {info.channels} channel(s)")
+        raise ValueError(
+            f"{name}: expected {SAMPLE_RATE} Hz mono, got {info.samplerate} Hz, {info.channels} channel(s)"
+        )
     if info.frames == 0:
         raise ValueError(f"{name}: the WAV file holds no samples")
     return info.frames / SAMPLE_RATE
@@ -353,5 +355,10 @@ def load_split(out_dir: str | os.PathLike, split: str, streaming: bool = False, 
     if not files:
         raise FileNotFoundError(f"load_split: no shards {split}-NNNNN.parquet under {os.path.join(out_dir, 'data')}")
     return load_dataset(
-        "parquet", data_files={split: files}, split=split, streaming=streaming, features=_features(), cache_dir=cache_dir
+        "parquet",
+        data_files={split: files},
+        split=split,
+        streaming=streaming,
+        features=_features(),
+        cache_dir=cache_dir,
     )

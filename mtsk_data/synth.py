@@ -18,10 +18,11 @@ Generation is deterministic given the seed and resumable: rerunning skips uttera
 from __future__ import annotations
 
 import argparse
-import atexit
 import csv
 import ctypes
 import ctypes.util
+import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -54,7 +55,7 @@ _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
-_PARAMETER_RATE, _PARAMETER_VOLUME, _PARAMETER_PITCH, _PARAMETER_RANGE = 1, 2, 3, 4
+_RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4  # espeak_PARAMETER
 
 
 class _EventId(ctypes.Union):
@@ -77,14 +78,19 @@ class _Event(ctypes.Structure):
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
-def _deterministic_data_dir(source: str) -> str:
-    """A private copy (symlinks) of eSpeak's data folder, with room for our own voice variants.
+def _steady_data_root(source: str) -> str:
+    """A folder holding ``espeak-ng-data``: the wheel's files (symlinked) plus room for our own voice variants.
 
-    Returns the folder that contains ``espeak-ng-data``; it is removed when the process exits.
+    Built once per eSpeak data version under the user's cache folder and shared by every process.
     """
-    root = tempfile.mkdtemp(prefix="mtsk-espeak-")
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    data = os.path.join(root, "espeak-ng-data")
+    stamp = f"{os.path.realpath(source)}:{os.stat(os.path.join(source, 'phondata')).st_mtime_ns}"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.path.join(cache, "llama-mtsk", f"espeak-ng-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}")
+    if os.path.isdir(root):
+        return root
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=os.path.dirname(root))
+    data = os.path.join(staging, "espeak-ng-data")
     os.makedirs(os.path.join(data, "voices", "!v"))
     for name in os.listdir(source):
         if name != "voices":
@@ -92,6 +98,10 @@ def _deterministic_data_dir(source: str) -> str:
     for name in os.listdir(os.path.join(source, "voices")):
         if name != "!v":
             os.symlink(os.path.join(source, "voices", name), os.path.join(data, "voices", name))
+    try:
+        os.rename(staging, root)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging)
     return root
 
 
@@ -121,7 +131,7 @@ class Espeak:
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
             ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
-        self._data_root = _deterministic_data_dir(self._source_data)
+        self._data_root = _steady_data_root(self._source_data)
         self.sample_rate = self._lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS,
             0,
@@ -140,8 +150,8 @@ class Espeak:
         """``language+variant`` -> ``language+mtsk-variant``, writing that variant file on first use."""
         language, _, variant = voice.partition("+")
         name = f"mtsk-{variant or 'plain'}"
-        path = os.path.join(self._data_root, "espeak-ng-data", "voices", "!v", name)
-        if not os.path.exists(path):
+        folder = os.path.join(self._data_root, "espeak-ng-data", "voices", "!v")
+        if not os.path.exists(os.path.join(folder, name)):
             base = "language variant\n"
             if variant:
                 original = os.path.join(self._source_data, "voices", "!v", variant)
@@ -149,8 +159,11 @@ class Espeak:
                     raise ValueError(f"Espeak.synthesize: unknown eSpeak voice variant {variant!r} in {voice!r}")
                 with open(original) as file:
                     base = file.read()
-            with open(path, "w") as file:
+            # Written aside and renamed, as other worker processes may write the same file at the same time.
+            descriptor, staging = tempfile.mkstemp(dir=folder, prefix=".")
+            with os.fdopen(descriptor, "w") as file:
                 file.write(f"{base}\nflutter 0\nroughness 8\n")
+            os.replace(staging, os.path.join(folder, name))
         return f"{language}+{name}"
 
     def _on_synth(self, wav, num_samples, events) -> int:
@@ -164,7 +177,9 @@ class Espeak:
             index += 1
         return 0  # continue
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> tuple[np.ndarray, list[Phoneme]]:
+    def synthesize(
+        self, text: str, voice: str, rate: int, pitch: int, pitch_range: int
+    ) -> tuple[np.ndarray, list[Phoneme]]:
         """Speak ``text``; returns float32 samples at :attr:`sample_rate` (22050 Hz) and the timed phonemes.
 
         ``voice`` is an eSpeak voice name with an optional variant (``"en-us"``, ``"en-gb-scotland+f1"``);
@@ -173,8 +188,9 @@ class Espeak:
         with self._lock:
             if self._lib.espeak_SetVoiceByName(self._steady_voice(voice).encode()) != 0:
                 raise ValueError(f"Espeak.synthesize: unknown eSpeak voice {voice!r}")
-            settings = ((_PARAMETER_RATE, rate), (_PARAMETER_VOLUME, 60), (_PARAMETER_PITCH, pitch), (_PARAMETER_RANGE, pitch_range))
-            for parameter, value in settings:
+            # Volume 60 keeps eSpeak clear of its own clipping limiter (whose gain state also carries over).
+            settings = {_RATE: rate, _VOLUME: 60, _PITCH: pitch, _RANGE: pitch_range}
+            for parameter, value in settings.items():
                 self._lib.espeak_SetParameter(parameter, int(value), 0)
             self._lib.espeak_ng_SetRandSeed(1)
             self._chunks, self._events = [], []
@@ -313,7 +329,8 @@ def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Uttera
     if peak > 0.99:  # keep headroom for 16-bit PCM instead of clipping
         audio *= 0.99 / peak
 
-    phonemes = [Phoneme(p.name, float(p.start + lead), float(p.end + lead)) for p in phonemes]
+    offset = lead_samples / SAMPLE_RATE
+    phonemes = [Phoneme(p.name, p.start + offset, p.end + offset) for p in phonemes]
     track = lip_track(phonemes, n_frames, articulation=speaker.mouth.articulation)
     frames = render_mouth(track, speaker.mouth, rng)
     return Utterance(text=text, speaker=speaker.name, audio=audio, frames=frames, phonemes=phonemes, snr_db=snr_db)
@@ -327,29 +344,25 @@ def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Uttera
 _VOICELESS = {"p", "t", "k", "f", "T", "s", "S", "tS", "h"}  # eSpeak names of voiceless obstruents
 
 
-def _db(power: float) -> float:
-    return 10.0 * np.log10(max(power, 1e-20))
-
-
 def intelligibility_problems(audio: np.ndarray, phonemes: list[Phoneme], sample_rate: int = SAMPLE_RATE) -> list[str]:
     """Check that ``audio`` sounds like speech with the given phoneme timing; returns what is wrong (empty if fine).
 
-    The checks fail on noise and on silence: phoneme durations must be plausible for speech and add up to the
-    clip; the clip must be audible; vowels must be clearly louder than the pauses around the speech and louder than
-    voiceless consonants, be voiced (a strong periodicity at a pitch between 60 and 400 Hz) and carry most of their
-    energy below 4 kHz.
+    The checks fail on noise and on silence. Phoneme durations must be plausible for speech (none over 0.5 s,
+    30-250 ms on average over the spoken span) and lie inside the clip; the clip must be audible; vowels must be
+    clearly louder than the pauses around the speech and than voiceless consonants, be voiced (strongly periodic
+    at a pitch between 60 and 400 Hz) and carry most of their energy below 4 kHz.
     """
     problems: list[str] = []
     audio = np.asarray(audio, dtype=np.float64)
     total = audio.size / sample_rate
     spoken = [p for p in phonemes if not p.name.startswith("_") and p.end > p.start]
     vowels = [p for p in spoken if is_vowel(p.name) and p.end - p.start >= 0.04]
-    if not spoken or not vowels:
-        return ["no spoken phonemes or no vowel of 40 ms or more"]
+    if not vowels:
+        return ["no vowel of 40 ms or more in the phonemes"]
 
-    durations = np.array([p.end - p.start for p in spoken])
-    if durations.max() > 0.5:
-        problems.append(f"a phoneme lasts {durations.max():.3f} s (speech sounds last under 0.5 s)")
+    longest = max(p.end - p.start for p in spoken)
+    if longest > 0.5:
+        problems.append(f"a phoneme lasts {longest:.3f} s (speech sounds last under 0.5 s)")
     per_phoneme = (spoken[-1].end - spoken[0].start) / len(spoken)
     if not 0.03 <= per_phoneme <= 0.25:
         problems.append(f"{per_phoneme * 1000:.0f} ms per phoneme on average (speech: 30-250 ms)")
@@ -360,40 +373,40 @@ def intelligibility_problems(audio: np.ndarray, phonemes: list[Phoneme], sample_
     def segment(start: float, end: float) -> np.ndarray:
         return audio[int(start * sample_rate) : int(end * sample_rate)]
 
-    level = _db(float(np.mean(audio**2)))
-    if level < -50.0:
-        problems.append(f"the clip is silent ({level:.1f} dBFS)")
+    def level(samples: np.ndarray) -> float:
+        return 10.0 * np.log10(max(float(np.mean(samples**2)), 1e-20))
+
+    if level(audio) < -50.0:
+        problems.append(f"the clip is silent ({level(audio):.1f} dBFS)")
+    vowel_level = float(np.mean([level(segment(p.start, p.end)) for p in vowels]))
 
     pauses = np.concatenate([segment(0.0, spoken[0].start), segment(spoken[-1].end, total)])
     if pauses.size < int(0.05 * sample_rate):
         problems.append("less than 50 ms of pause around the speech to compare with")
-    else:
-        vowel_db = float(np.mean([_db(float(np.mean(segment(p.start, p.end) ** 2))) for p in vowels]))
-        contrast = vowel_db - _db(float(np.mean(pauses**2)))
-        if contrast < 10.0:
-            problems.append(f"vowels are only {contrast:.1f} dB louder than the pauses (speech: 10 dB or more)")
+    elif vowel_level - level(pauses) < 10.0:
+        contrast = vowel_level - level(pauses)
+        problems.append(f"vowels are only {contrast:.1f} dB louder than the pauses (speech: 10 dB or more)")
 
     voiceless = [p for p in spoken if p.name.replace("'", "").rstrip("#") in _VOICELESS and p.end - p.start >= 0.02]
     if voiceless:
-        vowel_db = float(np.mean([_db(float(np.mean(segment(p.start, p.end) ** 2))) for p in vowels]))
-        consonant_db = float(np.mean([_db(float(np.mean(segment(p.start, p.end) ** 2))) for p in voiceless]))
-        if vowel_db - consonant_db < 3.0:
+        contrast = vowel_level - float(np.mean([level(segment(p.start, p.end)) for p in voiceless]))
+        if contrast < 3.0:
             problems.append(
-                f"vowels are only {vowel_db - consonant_db:.1f} dB louder than voiceless consonants (speech: 3 dB or more)"
+                f"vowels are only {contrast:.1f} dB louder than voiceless consonants (speech: 3 dB or more)"
             )
 
-    voiced, low_band = [], []
+    periodicity, low_band = [], []
+    lags = slice(int(sample_rate / 400), int(sample_rate / 60))
     for p in vowels:
         x = segment(p.start, p.end)
         x = x - x.mean()
-        spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size), n=2 * x.size)) ** 2
-        autocorrelation = np.fft.irfft(spectrum)[: x.size]
-        lags = slice(int(sample_rate / 400), int(sample_rate / 60))
-        voiced.append(float(np.max(autocorrelation[lags]) / max(autocorrelation[0], 1e-20)))
+        power = np.abs(np.fft.rfft(x * np.hanning(x.size), n=2 * x.size)) ** 2
+        autocorrelation = np.fft.irfft(power)[: x.size]
+        periodicity.append(float(np.max(autocorrelation[lags]) / max(autocorrelation[0], 1e-20)))
         frequencies = np.fft.rfftfreq(2 * x.size, 1.0 / sample_rate)
-        low_band.append(float(spectrum[frequencies < 4000].sum() / max(spectrum.sum(), 1e-20)))
-    if np.median(voiced) < 0.4:
-        problems.append(f"vowels are not voiced (median periodicity {np.median(voiced):.2f}, speech: 0.4 or more)")
+        low_band.append(float(power[frequencies < 4000].sum() / max(power.sum(), 1e-20)))
+    if np.median(periodicity) < 0.4:
+        problems.append(f"vowels are not voiced (median periodicity {np.median(periodicity):.2f}, speech: 0.4 or more)")
     if np.median(low_band) < 0.8:
         problems.append(f"vowels hold {np.median(low_band):.0%} of their energy below 4 kHz (speech: 80 % or more)")
     return problems
@@ -425,7 +438,8 @@ def plan_corpus(num_train: int, num_validation: int, num_test: int, seed: int = 
         speakers = np.resize(rng.permutation(len(SPEAKERS)), len(sentences[split]))
         seeds = rng.integers(0, 2**31 - 1, size=len(sentences[split]))
         for index, text in enumerate(sentences[split]):
-            plans.append(UtterancePlan(f"{split}-{index:05d}", split, text, SPEAKERS[speakers[index]].name, int(seeds[index])))
+            speaker = SPEAKERS[speakers[index]].name
+            plans.append(UtterancePlan(f"{split}-{index:05d}", split, text, speaker, int(seeds[index])))
     return plans
 
 
@@ -487,23 +501,32 @@ def generate_corpus(
     workers: int = 2,
     records_per_shard: int = 500,
     progress: bool = False,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """Generate (or finish) the embedded corpus under ``out_dir``; returns clips, hours and seconds taken.
 
-    The result depends only on the sizes and the seed, not on ``workers``. Records already in finished shards
-    (from an interrupted run with the same arguments) are not generated again.
+    The result depends only on the sizes and the seed, not on ``workers``. Rerunning with the same arguments
+    finishes an interrupted run: records already in finished shards are not generated again. The arguments are
+    kept in ``<out_dir>/generation.json``; a folder made with other arguments is refused.
     """
     started = time.perf_counter()
+    settings = {"seed": seed, "num_train": num_train, "num_validation": num_validation, "num_test": num_test}
+    os.makedirs(out_dir, exist_ok=True)
+    settings_path = os.path.join(out_dir, "generation.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as file:
+            previous = json.load(file)
+        if previous != settings:
+            raise ValueError(f"generate_corpus: {out_dir} was generated with {previous}, not {settings}; use a new folder")
+    else:
+        with open(settings_path, "w") as file:
+            json.dump(settings, file)
+
     plans = plan_corpus(num_train, num_validation, num_test, seed)
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
-    writers = {split: ShardWriter(out_dir, split, records_per_shard=records_per_shard) for split in SPLITS if counts[split]}
+    writers = {
+        split: ShardWriter(out_dir, split, records_per_shard=records_per_shard) for split in SPLITS if counts[split]
+    }
     done = set().union(*(writer.done_ids() for writer in writers.values()))
-    planned_ids = {plan.id for plan in plans}
-    if done - planned_ids:
-        raise ValueError(
-            f"generate_corpus: {out_dir} holds records {sorted(done - planned_ids)[:3]}... that this plan does not make; "
-            "use an empty folder or the same sizes as before"
-        )
     todo = [plan for plan in plans if plan.id not in done]
 
     bar = None
@@ -526,11 +549,14 @@ def generate_corpus(
         for path in shard_paths(out_dir, split):
             seconds += float(pq.read_table(path, columns=["duration"]).column("duration").to_numpy().sum())
     return {
-        "clips": float(len(plans)),
-        "generated": float(len(todo)),
+        "clips": len(plans),
+        "generated": len(todo),
         "hours": seconds / 3600.0,
         "seconds_taken": time.perf_counter() - started,
     }
+
+
+_WORD_IDS = {word: index + 1 for index, word in enumerate(VOCABULARY)}
 
 
 def word_token_ids(text: str) -> list[int]:
@@ -541,9 +567,6 @@ def word_token_ids(text: str) -> list[int]:
             raise ValueError(f"word_token_ids: {word!r} is not in the embedded vocabulary; pass your own tokenize")
         ids.append(_WORD_IDS[word])
     return ids
-
-
-_WORD_IDS = {word: index + 1 for index, word in enumerate(VOCABULARY)}
 
 
 def _safe_relative(part: str, what: str) -> str:
@@ -575,17 +598,17 @@ def export_auto_avsr(
     csv_path = os.path.join(labels_dir, f"{dataset}_{split}.csv")
     with open(csv_path, "w", newline="") as file:
         writer = csv.writer(file, lineterminator="\n")
-        for path in files:
-            for row in pq.read_table(path).to_pylist():
-                rel_path = _safe_relative(f"{split}/{row['speaker']}/{row['id']}.mp4", "record path")
-                video_path = os.path.join(out_dir, dataset, rel_path)
-                os.makedirs(os.path.dirname(video_path), exist_ok=True)
-                with open(video_path, "wb") as media:
-                    media.write(row["video"]["bytes"])
-                with open(video_path[: -len(".mp4")] + ".wav", "wb") as media:
-                    media.write(row["audio"]["bytes"])
-                token_ids = " ".join(str(token) for token in tokenize(row["text"]))
-                writer.writerow([dataset, rel_path, row["n_frames"], token_ids, row["text"]])
+        rows = (row for path in files for batch in pq.ParquetFile(path).iter_batches(64) for row in batch.to_pylist())
+        for row in rows:
+            rel_path = _safe_relative(f"{split}/{row['speaker']}/{row['id']}.mp4", "record path")
+            video_path = os.path.join(out_dir, dataset, rel_path)
+            os.makedirs(os.path.dirname(video_path), exist_ok=True)
+            with open(video_path, "wb") as media:
+                media.write(row["video"]["bytes"])
+            with open(video_path[: -len(".mp4")] + ".wav", "wb") as media:
+                media.write(row["audio"]["bytes"])
+            token_ids = " ".join(str(token) for token in tokenize(row["text"]))
+            writer.writerow([dataset, rel_path, row["n_frames"], token_ids, row["text"]])
     return csv_path
 
 
@@ -606,8 +629,9 @@ def main(argv: list[str] | None = None) -> None:
         args.records_per_shard, progress=True,
     )  # fmt: skip
     print(
-        f"{int(summary['clips'])} clips ({int(summary['generated'])} generated now), {summary['hours']:.2f} hours, "
-        f"{summary['seconds_taken']:.1f} s with {args.workers} worker(s) -> {args.out}"
+        f"{summary['clips']} clips ({summary['generated']} generated now), {summary['hours']:.2f} hours, "
+        f"{summary['seconds_taken']:.1f} s with {args.workers} worker(s); {len(SPEAKERS)} speakers, "
+        f"{len(VOCABULARY)} words -> {args.out}"
     )
     if args.export_auto_avsr:
         for split, size in (("train", args.num_train), ("validation", args.num_validation), ("test", args.num_test)):

@@ -194,10 +194,16 @@ def _smooth_noise(rng: np.random.Generator, n: int, width: int = 5) -> np.ndarra
 
 def _ellipse_alpha(u: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Anti-aliased coverage of the ellipse with semi-axes ``a`` (along u) and ``b`` (along v)."""
-    a = np.maximum(a, 1e-3)
-    b = np.maximum(b, 1e-3)
-    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-    return np.clip(0.5 - (rho - 1.0) * np.minimum(a, b), 0.0, 1.0)
+    a, b = np.maximum(a, 1e-3), np.maximum(b, 1e-3)
+    ua, vb = u / a, v / b
+    rho = np.sqrt(ua * ua + vb * vb)
+    # Distance to the outline to first order, (rho - 1) / |grad rho|, so thin ellipses do not smear at their tips;
+    # far outside, that estimate can fall short of the distance to the bounding box, which is a true lower bound.
+    ua /= a
+    vb /= b
+    distance = (rho - 1.0) * rho / np.maximum(np.sqrt(ua * ua + vb * vb), 1e-6)
+    distance = np.maximum(distance, np.maximum(np.abs(u) - a, np.abs(v) - b))
+    return np.clip(0.5 - distance, 0.0, 1.0)
 
 
 def _skin(geometry: MouthGeometry) -> np.ndarray:
@@ -230,29 +236,32 @@ def render_mouth(track: np.ndarray, geometry: MouthGeometry, rng: np.random.Gene
     angle = np.deg2rad(g.tilt + 1.0 * _smooth_noise(rng, n_frames))[:, None, None]
     gain = 1.0 + 0.03 * _smooth_noise(rng, n_frames, width=8)[:, None, None]
 
+    # Mouth size per frame, (T, 1, 1) each.
+    half_width = g.half_width * width
+    opening_px = opening * g.open_scale
+    upper_inner, lower_inner = 0.4 * opening_px, 0.6 * opening_px  # the jaw moves the lower lip more
+    upper_lip = g.upper_lip * (1.0 + 0.5 * rounding)
+    lower_lip = g.lower_lip * (1.0 + 0.4 * rounding) * (1.0 - 0.3 * tuck)
+
     # The skin hardly changes under a pixel of motion, so it is drawn once; the lips are drawn per frame, only
-    # inside a box that holds the widest and most open mouth of this speaker.
+    # inside the box the mouth reaches in this clip (with its motion, tilt and a pixel of anti-aliasing).
     frames = np.broadcast_to(_skin(g), (n_frames, ROI_SIZE, ROI_SIZE)).copy()
-    margin = 4.0 * g.motion + 3.0
-    half_box = g.half_width * max(VISEME[1] for VISEME in VISEMES.values()) + margin
-    top = g.centre_y - (0.4 * 20.0 * g.open_scale + 1.5 * g.upper_lip + margin) - 0.15 * half_box
-    bottom = g.centre_y + (0.6 * 20.0 * g.open_scale + 1.4 * g.lower_lip + margin) + 0.15 * half_box
-    rows = slice(max(int(top), 0), min(int(np.ceil(bottom)) + 1, ROI_SIZE))
-    cols = slice(max(int(g.centre_x - half_box), 0), min(int(np.ceil(g.centre_x + half_box)) + 1, ROI_SIZE))
+    sin_tilt = np.abs(np.sin(angle))
+    lip_height = np.maximum(upper_inner + upper_lip, lower_inner + lower_lip)
+    reach_x = float(np.max(half_width + sin_tilt * lip_height + np.abs(shift_x))) + 2.0
+    reach_up = float(np.max(upper_inner + upper_lip + sin_tilt * half_width - shift_y)) + 2.0
+    reach_down = float(np.max(lower_inner + lower_lip + sin_tilt * half_width + shift_y)) + 2.0
+    rows = slice(max(int(g.centre_y - reach_up), 0), min(int(np.ceil(g.centre_y + reach_down)) + 1, ROI_SIZE))
+    cols = slice(max(int(g.centre_x - reach_x), 0), min(int(np.ceil(g.centre_x + reach_x)) + 1, ROI_SIZE))
     y, x = np.mgrid[rows, cols].astype(np.float32)
     dx, dy = x[None] - (g.centre_x + shift_x), y[None] - (g.centre_y + shift_y)
     cos, sin = np.cos(angle), np.sin(angle)
     u = cos * dx + sin * dy  # along the mouth
     v = -sin * dx + cos * dy  # down the face
     upper = v < 0
-    image = frames[:, rows, cols]
+    image = frames[:, rows, cols]  # a view: drawing on it draws on the frames
 
     # Lips: an upper and a lower half-ellipse around the opening; protrusion makes them look fuller.
-    half_width = g.half_width * width
-    opening_px = opening * g.open_scale
-    upper_inner, lower_inner = 0.4 * opening_px, 0.6 * opening_px  # the jaw moves the lower lip more
-    upper_lip = g.upper_lip * (1.0 + 0.5 * rounding)
-    lower_lip = g.lower_lip * (1.0 + 0.4 * rounding) * (1.0 - 0.3 * tuck)
     bow = 1.0 - 0.15 * np.exp(-((u / (0.15 * g.half_width)) ** 2))  # cupid's bow dip in the upper lip
     outer = _ellipse_alpha(u, v, half_width, np.where(upper, (upper_inner + upper_lip) * bow, lower_inner + lower_lip))
     lip_shade = np.where(upper, np.float32(g.skin - g.lip_contrast), np.float32(g.skin - 0.75 * g.lip_contrast))
@@ -277,7 +286,6 @@ def render_mouth(track: np.ndarray, geometry: MouthGeometry, rng: np.random.Gene
     # f, v: the upper teeth rest on the lower lip.
     tucked = tuck * np.clip(0.55 * half_width - np.abs(u), 0.0, 1.0) * np.clip(1.0 - np.abs(v - 1.0) / 2.0, 0.0, 1.0)
     image += tucked * (g.teeth - image)
-    frames[:, rows, cols] = image
 
     frames *= gain
     np.clip(frames, 0.0, 255.0, out=frames)

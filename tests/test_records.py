@@ -1,4 +1,4 @@
-"""The shared record schema: media encoders, make_record, ShardWriter, load_split (decoded here with soundfile / PyAV)."""
+"""The shared record schema: media encoders, make_record, ShardWriter, load_split (decoded with soundfile / PyAV)."""
 
 import io
 import os
