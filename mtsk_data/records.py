@@ -129,13 +129,14 @@ def encode_mp4(
     with av.open(buffer, mode="w", format="mp4") as container:
         codec = _video_codec()
         # One thread: for 96x96 clips threading only costs, and it keeps the output byte-identical.
-        options = {"crf": "18", "preset": "superfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
+        options = {"crf": "18", "preset": "superfast", "threads": "1"} if codec == "libx264" else {}
         video_stream = container.add_stream(codec, rate=fps, options=options)
         video_stream.width, video_stream.height = width, height
         video_stream.pix_fmt = "yuv420p"
         video_stream.codec_context.time_base = Fraction(1, fps)
         if codec != "libx264":
             video_stream.codec_context.thread_count = 1
+            video_stream.bit_rate = 1_000_000  # MPEG-4 part 2 defaults to 200 kb/s, visibly blocky
 
         audio_stream = None
         if audio is not None:

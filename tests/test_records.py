@@ -91,6 +91,18 @@ def test_encode_mp4_grayscale_decodes_to_the_same_frames():
         assert not container.streams.audio
 
 
+def test_encode_mp4_falls_back_to_mpeg4_without_libx264(monkeypatch):
+    from mtsk_data import records
+
+    monkeypatch.setattr(records, "_video_codec", lambda: "mpeg4")
+    frames = _frames(20)
+    data = encode_mp4(frames)
+    decoded, fps, codec = _decode_video(data)
+    assert (decoded.shape, fps, codec) == (frames.shape, 25.0, "mpeg4")
+    assert np.abs(decoded.astype(int) - frames).mean() < 1.5
+    assert data == encode_mp4(frames)
+
+
 def test_encode_mp4_rgb():
     gray = _frames(10)
     rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)
