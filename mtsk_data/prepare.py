@@ -1,0 +1,721 @@
+"""Prepare LRS3, LRS2, VoxCeleb2 or an auto_avsr-preprocessed corpus as sharded Hugging Face datasets.
+
+One command per corpus, each reading the corpus's official layout::
+
+    python -m mtsk_data.prepare lrs3 --root LRS3 --out data/lrs3
+    python -m mtsk_data.prepare lrs2 --root LRS2 --out data/lrs2
+    python -m mtsk_data.prepare voxceleb2 --root VoxCeleb2 --transcripts vox2_text.csv --out data/vox2
+    python -m mtsk_data.prepare auto_avsr --root preprocessed --labels labels/lrs3_test.csv --split test --out data/lrs3
+
+Every clip becomes one or more records of the shared schema (:mod:`mtsk_data.records`): 16 kHz mono audio, a 96x96
+mouth ROI at 25 fps cropped by :class:`llama_mtsk.mouth_roi.MouthROIExtractor`, and the transcript lower-cased without
+punctuation. Clips longer than ``--max-train-seconds`` (16) or, in the test split, ``--max-test-seconds`` (24) are cut
+into segments at word boundaries when the transcript has word timings (LRS2/LRS3 ``WORD START END ASDSCORE`` tables);
+without timings such a clip is skipped, with its reason.
+
+The output is ``<out>/data/<split>-NNNNN.parquet`` (streamable with ``datasets.load_dataset("parquet", ...,
+streaming=True)``, see :func:`mtsk_data.records.load_split`) plus ``<out>/skipped.tsv``. A run is resumable and
+idempotent: records already in finished shards are not recomputed, a half-written shard is discarded and rewritten,
+and clips listed as skipped by an earlier run are not retried unless ``--retry-skipped`` is given. Clips are written
+in a fixed order, so an interrupted and resumed run gives the same shards, byte for byte, as one clean run. Corrupt
+or unreadable files never stop a run; they are listed with the reason. Paths from list or label files that lead
+outside the corpus root are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import math
+import multiprocessing
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import soundfile
+from tqdm.auto import tqdm
+
+from llama_mtsk.mouth_roi import MouthROIExtractor
+from llama_mtsk.processing_llama_mtsk import load_audio, load_audiovisual
+from mtsk_data.records import (
+    FPS,
+    SAMPLE_RATE,
+    SPLITS,
+    ShardWriter,
+    encode_mp4,
+    encode_wav,
+    make_record,
+    normalize_text,
+    shard_paths,
+)
+
+
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+SKIPPED_FILE = "skipped.tsv"
+WORD_TABLE_HEADER = ("WORD", "START", "END", "ASDSCORE")
+# Non-speech annotations in LRS2/LRS3 transcripts, e.g. "{LG}" (laughter) or "{NS}" (noise).
+_ANNOTATION = re.compile(r"\{[^}]*\}")
+
+
+class UnsafePathError(ValueError):
+    """A path from a list or label file that points outside the corpus root."""
+
+
+class TranscriptError(ValueError):
+    """A transcript file that does not follow the expected format."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Transcripts and segmentation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Word:
+    """One row of an LRS2/LRS3 word-timing table (seconds from the start of the clip)."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """An LRS2/LRS3 transcript file: the ``Text:`` line and, when present, the word-timing table."""
+
+    text: str
+    words: tuple[Word, ...] = ()
+
+
+def clean_text(text: str) -> str:
+    """The transcript as records store it: annotations such as ``{LG}`` removed, lower-cased, no punctuation."""
+    return normalize_text(_ANNOTATION.sub(" ", text))
+
+
+def parse_lrs_transcript(content: str, name: str = "transcript") -> Transcript:
+    """Parse an LRS2/LRS3 ``.txt`` file.
+
+    The format is ``Key: value`` header lines (``Text:``, ``Conf:``, ``Ref:``, ...), then optional tables, each
+    introduced by a header line: ``WORD START END ASDSCORE`` (word timings, read) and ``FRAME X Y W H`` (the face
+    track, ignored)::
+
+        Text:  SO THIS IS A STORY
+        Conf:  4
+
+        WORD START END ASDSCORE
+        SO 0.10 0.25 5.1
+        ...
+
+    Raises:
+        TranscriptError: no ``Text:`` line, or a malformed word row.
+    """
+    text = None
+    words: list[Word] = []
+    table = None
+    for number, line in enumerate(content.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if table is None and line.startswith("Text:"):
+            text = line[len("Text:") :].strip()
+            continue
+        if fields[0] in ("WORD", "FRAME") and all(f.isupper() for f in fields):
+            table = tuple(fields)
+            continue
+        if table == WORD_TABLE_HEADER:
+            try:
+                word, start, end = fields[0], float(fields[1]), float(fields[2])
+            except (IndexError, ValueError):
+                raise TranscriptError(
+                    f"{name}, line {number}: expected 'WORD START END ASDSCORE', got {line!r}"
+                ) from None
+            if not (0 <= start <= end and math.isfinite(end)):
+                raise TranscriptError(f"{name}, line {number}: expected 0 <= START <= END, got {line!r}")
+            words.append(Word(word, start, end))
+    if text is None:
+        raise TranscriptError(f"{name}: no 'Text:' line")
+    return Transcript(text, tuple(words))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One record to cut from a clip: frames ``[start, end)`` at 25 fps, or the whole clip when ``start`` is None."""
+
+    id: str
+    text: str
+    start: int | None = None
+    end: int | None = None
+
+
+def plan_segments(clip_id: str, transcript: Transcript, max_frames: int, always_number: bool) -> list[Segment]:
+    """Split a clip into segments of at most ``max_frames`` frames at word boundaries.
+
+    A clip whose words all end within ``max_frames`` is kept whole (one segment); otherwise words are grouped
+    greedily, each segment running from its first word's start to its last word's end. Segment ids are the clip id
+    with ``_00``, ``_01``, ... (always for ``always_number``, the auto_avsr convention for ``pretrain`` clips).
+
+    Raises:
+        TranscriptError: a single word longer than ``max_frames``, or an empty transcript.
+    """
+    spoken = [word for word in transcript.words if clean_text(word.word)]
+    last_frame = math.ceil(spoken[-1].end * FPS) if spoken else 0
+    if last_frame <= max_frames:
+        text = clean_text(transcript.text) or clean_text(" ".join(word.word for word in spoken))
+        if not text:
+            raise TranscriptError(f"{clip_id}: the transcript is empty")
+        return [Segment(f"{clip_id}_00" if always_number else clip_id, text)]
+
+    groups: list[list[Word]] = []
+    for word in spoken:
+        start, end = math.floor(word.start * FPS), math.ceil(word.end * FPS)
+        if end - start > max_frames:
+            raise TranscriptError(f"{clip_id}: the word {word.word!r} lasts longer than {max_frames / FPS:g} s")
+        if groups and end - math.floor(groups[-1][0].start * FPS) <= max_frames:
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    return [
+        Segment(
+            f"{clip_id}_{index:02d}",
+            clean_text(" ".join(word.word for word in group)),
+            math.floor(group[0].start * FPS),
+            math.ceil(group[-1].end * FPS),
+        )
+        for index, group in enumerate(groups)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Clips
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One source file to prepare and the records to cut from it.
+
+    Attributes:
+        name: the file's path relative to the corpus root (how skipped clips are listed).
+        path: the media file: a talking-face video, or, with ``audio_path`` set, an already cropped mouth ROI video.
+        split: train / validation / test.
+        speaker: speaker id stored in every record.
+        segments: the records to write.
+        max_frames: the longest record allowed; a whole-clip segment longer than this is trimmed when
+            ``trim_to_max`` (the words end before it), else the clip is skipped. Not used for ROI videos.
+        audio_path: for ROI videos (auto_avsr layout), the WAV beside the video ("" = take the mp4's audio track).
+    """
+
+    name: str
+    path: str
+    split: str
+    speaker: str
+    segments: tuple[Segment, ...]
+    max_frames: int
+    trim_to_max: bool = False
+    audio_path: str | None = None
+
+
+def safe_join(root: str, relative: str) -> str:
+    """``root/relative``, refusing a path that leaves ``root`` (absolute, ``..``, or a symlink pointing out).
+
+    Raises:
+        UnsafePathError: the path escapes the root.
+    """
+    if not relative or os.path.isabs(relative) or re.match(r"^[A-Za-z]:", relative):
+        raise UnsafePathError(f"refused {relative!r}: expected a path relative to the corpus root {root}")
+    normal = os.path.normpath(relative)
+    if normal == ".." or normal.startswith(".." + os.sep):
+        raise UnsafePathError(f"refused {relative!r}: it leads outside the corpus root {root}")
+    path = os.path.join(root, normal)
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise UnsafePathError(f"refused {relative!r}: it resolves (through a symlink) outside the corpus root {root}")
+    return path
+
+
+def _read_transcript(path: str) -> Transcript:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_lrs_transcript(handle.read(), path)
+    except FileNotFoundError:
+        raise TranscriptError(f"no transcript: {path} not found") from None
+    except UnicodeDecodeError as error:
+        raise TranscriptError(f"{path}: not UTF-8 text ({error})") from None
+
+
+def _lrs_clip(root: str, relative: str, split: str, max_frames: int, always_number: bool) -> Clip:
+    """An LRS2/LRS3 clip ``<subset>/<speaker>/<clip>.mp4`` with its ``.txt`` beside it."""
+    path = safe_join(root, relative)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found")
+    transcript = _read_transcript(path[: -len(".mp4")] + ".txt")
+    clip_id = relative[: -len(".mp4")].replace(os.sep, "/")
+    segments = plan_segments(clip_id, transcript, max_frames, always_number)
+    speaker = clip_id.split("/")[-2]
+    return Clip(relative, path, split, speaker, tuple(segments), max_frames, trim_to_max=bool(transcript.words))
+
+
+Planned = tuple[list[Clip], list[tuple[str, str]]]
+
+
+def _plan(entries: Iterable[tuple[str, Callable[[], Clip]]]) -> Planned:
+    """Build clips from ``(name, make_clip)`` pairs, turning a failure into a skipped entry with its reason."""
+    clips, skipped = [], []
+    for name, make_clip in entries:
+        try:
+            clips.append(make_clip())
+        except (OSError, ValueError) as error:
+            skipped.append((name, str(error)))
+    return clips, skipped
+
+
+def plan_lrs3(root: str, max_train_frames: int, max_test_frames: int) -> Planned:
+    """LRS3: ``pretrain`` and ``trainval`` -> train, ``test`` -> test; ``<subset>/<speaker>/<clip>.mp4`` + ``.txt``."""
+    subsets = [("pretrain", "train"), ("trainval", "train"), ("test", "test")]
+    present = [(subset, split) for subset, split in subsets if os.path.isdir(os.path.join(root, subset))]
+    if not present:
+        raise FileNotFoundError(f"lrs3: no pretrain/, trainval/ or test/ folder under {root}")
+    entries = []
+    for subset, split in present:
+        max_frames = max_test_frames if split == "test" else max_train_frames
+        for speaker in sorted(os.listdir(os.path.join(root, subset))):
+            folder = os.path.join(root, subset, speaker)
+            if not os.path.isdir(folder):
+                continue
+            for file in sorted(name for name in os.listdir(folder) if name.endswith(".mp4")):
+                relative = os.path.join(subset, speaker, file)
+                entries.append(
+                    (relative, functools.partial(_lrs_clip, root, relative, split, max_frames, subset == "pretrain"))
+                )
+    return _plan(entries)
+
+
+# List file, media folder, split.
+LRS2_LISTS = (
+    ("train.txt", "main", "train"),
+    ("val.txt", "main", "validation"),
+    ("test.txt", "main", "test"),
+    ("pretrain.txt", "pretrain", "train"),
+)
+
+
+def plan_lrs2(root: str, max_train_frames: int, max_test_frames: int) -> Planned:
+    """LRS2: the list files ``train.txt``, ``val.txt``, ``test.txt``, ``pretrain.txt`` in ``root``, each line
+    ``<speaker>/<clip>`` (test lines may carry a second column); media under ``root/mvlrs_v1/{main,pretrain}`` (or
+    ``root/{main,pretrain}``)."""
+    media_root = os.path.join(root, "mvlrs_v1") if os.path.isdir(os.path.join(root, "mvlrs_v1")) else root
+    present = [entry for entry in LRS2_LISTS if os.path.isfile(os.path.join(root, entry[0]))]
+    if not present:
+        raise FileNotFoundError(f"lrs2: none of the list files {', '.join(e[0] for e in LRS2_LISTS)} found in {root}")
+    entries = []
+    for list_file, subset, split in present:
+        max_frames = max_test_frames if split == "test" else max_train_frames
+        with open(os.path.join(root, list_file), encoding="utf-8") as handle:
+            names = [line.split()[0] for line in handle if line.strip()]
+        for name in names:
+            relative = os.path.join(subset, name + ".mp4")
+            entries.append(
+                (relative, functools.partial(_lrs_clip, media_root, relative, split, max_frames, subset == "pretrain"))
+            )
+    return _plan(entries)
+
+
+def _read_csv(path: str, required: Sequence[str]) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: expected a header with the columns {', '.join(required)}; missing {missing}")
+        return list(reader)
+
+
+def plan_voxceleb2(root: str, transcripts: str, split: str, max_train_frames: int, max_test_frames: int) -> Planned:
+    """VoxCeleb2 (no transcripts of its own): a CSV with header ``path,text[,split]``, ``path`` relative to ``root``
+    (``dev/mp4/<speaker>/<video>/<clip>.mp4``); rows without a ``split`` go to ``split``. The speaker is the folder two
+    levels above the file."""
+    rows = _read_csv(transcripts, ("path", "text"))
+
+    def make(row: dict[str, str]) -> Clip:
+        relative = row["path"].strip()
+        path = safe_join(root, relative)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found")
+        row_split = (row.get("split") or split).strip()
+        text = clean_text(row["text"])
+        if not text:
+            raise TranscriptError(f"{relative}: the transcript is empty")
+        parts = os.path.normpath(relative).split(os.sep)
+        clip_id = os.path.splitext("/".join(parts))[0]
+        speaker = parts[-3] if len(parts) >= 3 else parts[0]
+        max_frames = max_test_frames if row_split == "test" else max_train_frames
+        return Clip(relative, path, row_split, speaker, (Segment(clip_id, text),), max_frames)
+
+    return _plan((row["path"], functools.partial(make, row)) for row in rows)
+
+
+def plan_auto_avsr(root: str, labels: str, split: str) -> Planned:
+    """An auto_avsr-preprocessed corpus: label CSV rows ``dataset,rel_path,n_frames,token_ids[,text]`` (no header);
+    the video is ``root/dataset/rel_path`` (a 96x96 mouth ROI at 25 fps) with its audio in the ``.wav`` beside it (or
+    in the mp4's own audio track). The token ids are ignored; the text is the 5th column, or else the ``.txt`` in the
+    parallel ``<dataset>_text_seg<N>s`` tree (or beside the video). The record id is ``rel_path`` without the
+    ``<dataset>_video_seg<N>s/`` folder and the extension, as the LRS2/LRS3 commands name the same segments."""
+    with open(labels, encoding="utf-8") as handle:
+        rows = [line.rstrip("\n") for line in handle if line.strip()]
+
+    def make(line_number: int, line: str) -> Clip:
+        fields = line.split(",", 4)
+        if len(fields) < 4:
+            raise ValueError(f"{labels}, line {line_number}: expected 'dataset,rel_path,n_frames,token_ids[,text]'")
+        dataset, relative = fields[0].strip(), fields[1].strip()
+        path = safe_join(root, os.path.join(dataset, relative))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found")
+        if len(fields) == 5:
+            text = clean_text(fields[4])
+        else:
+            parts = relative.split("/")
+            candidates = [os.path.splitext(path)[0] + ".txt"]
+            if re.fullmatch(r".+_video_seg\d+s", parts[0]):
+                parallel = "/".join([parts[0].replace("_video_seg", "_text_seg")] + parts[1:])
+                candidates.insert(0, safe_join(root, os.path.join(dataset, os.path.splitext(parallel)[0] + ".txt")))
+            found = [candidate for candidate in candidates if os.path.isfile(candidate)]
+            if not found:
+                raise TranscriptError(f"no transcript for {relative}: no 5th column and none of {candidates} exists")
+            with open(found[0], encoding="utf-8") as handle:
+                content = handle.read()
+            text = clean_text(parse_lrs_transcript(content, found[0]).text if content.startswith("Text:") else content)
+        if not text:
+            raise TranscriptError(f"{relative}: the transcript is empty")
+        parts = os.path.splitext(relative)[0].split("/")
+        if re.fullmatch(r".+_video_seg\d+s", parts[0]) and len(parts) > 1:
+            parts = parts[1:]
+        speaker = parts[-2] if len(parts) >= 2 else dataset
+        audio_path = os.path.splitext(path)[0] + ".wav"
+        return Clip(
+            os.path.join(dataset, relative), path, split, speaker, (Segment("/".join(parts), text),), 0,
+            audio_path=audio_path if os.path.isfile(audio_path) else "",
+        )
+
+    numbered = enumerate(rows, start=1)
+    return _plan((f"{labels}:{number}", functools.partial(make, number, line)) for number, line in numbered)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Processing one clip (runs in the worker processes)
+# --------------------------------------------------------------------------------------------------------------------
+
+_EXTRACTOR: MouthROIExtractor | None = None
+
+
+def _roi_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
+    """Records of an already cropped mouth ROI video (auto_avsr layout): the mp4 and WAV are stored as they are
+    when they already have the record format."""
+    with open(clip.path, "rb") as handle:
+        video = handle.read()
+    try:
+        with av.open(clip.path) as container:
+            stream = container.streams.video[0]
+            size, has_audio = (stream.height, stream.width), bool(container.streams.audio)
+    except (av.FFmpegError, IndexError) as error:
+        raise ValueError(f"not a readable video ({error})") from None
+    if size != (96, 96):
+        raise ValueError(f"expected a 96x96 mouth ROI video, got {size[0]}x{size[1]}")
+    if clip.audio_path:
+        info = soundfile.info(clip.audio_path)
+        if (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16"):
+            with open(clip.audio_path, "rb") as handle:
+                audio = handle.read()
+        else:
+            audio = encode_wav(load_audio(clip.audio_path))
+    elif has_audio:
+        # Audio and video muxed in one file: store the audio as WAV and the video without its audio track.
+        samples, frames = load_audiovisual(clip.path)
+        audio, video = encode_wav(samples), encode_mp4(frames)
+    else:
+        raise FileNotFoundError(f"no audio: no {os.path.splitext(clip.path)[0]}.wav and no audio track in the video")
+    segment = todo[0]
+    return [make_record(segment.id, segment.text, clip.speaker, audio, video)]
+
+
+def _face_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
+    """Records of a talking-face video: decode, crop the mouth ROI of the whole clip, cut the segments."""
+    global _EXTRACTOR
+    if _EXTRACTOR is None:
+        _EXTRACTOR = MouthROIExtractor()
+    samples, frames = load_audiovisual(clip.path)
+    n_frames = len(frames)
+    if any(segment.start is None for segment in todo) and n_frames > clip.max_frames and not clip.trim_to_max:
+        raise ValueError(
+            f"the clip lasts {n_frames / FPS:.2f} s, longer than {clip.max_frames / FPS:g} s, and has no word timings "
+            "to split it at"
+        )
+    # The ROI of the whole clip at once: landmark smoothing then runs across segment boundaries, as in one video.
+    rois = _EXTRACTOR.extract(frames, float(FPS))
+    records = []
+    for segment in todo:
+        start = segment.start or 0
+        end = min(n_frames, clip.max_frames) if segment.start is None else min(segment.end, n_frames)
+        if end <= start:
+            raise ValueError(f"segment {segment.id} starts at {start / FPS:.2f} s, after the clip's end")
+        audio = samples[start * SAMPLES_PER_FRAME : end * SAMPLES_PER_FRAME]
+        records.append(make_record(segment.id, segment.text, clip.speaker, audio, encode_mp4(rois[start:end])))
+    return records
+
+
+def process_clip(task: tuple[Clip, tuple[Segment, ...]]) -> tuple[list[dict], str | None]:
+    """Records of the given segments of one clip, or ``([], reason)`` when the clip cannot be prepared."""
+    clip, todo = task
+    try:
+        return (_roi_records if clip.audio_path is not None else _face_records)(clip, todo), None
+    except Exception as error:  # a corrupt or unusual file must not stop the run: report it instead
+        return [], f"{type(error).__name__}: {error}".replace("\t", " ").replace("\n", " ")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """What a preparation run did."""
+
+    out_dir: str
+    clips_total: int = 0
+    clips_already_done: int = 0
+    clips_processed: int = 0
+    records_written: int = 0
+    hours_written: float = 0.0
+    records_in_output: dict[str, int] = field(default_factory=dict)
+    hours_in_output: dict[str, float] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_before: int = 0
+
+    def format(self) -> str:
+        lines = [f"Prepared corpus in {self.out_dir}"]
+        if self.clips_processed == 0 and self.clips_total > 0:
+            lines.append(
+                f"  nothing to do: {self.clips_already_done} clip(s) already prepared, {self.skipped_before} skipped "
+                "by an earlier run (--retry-skipped retries those)"
+            )
+        else:
+            lines.append(
+                f"  this run: {self.clips_processed} clip(s) -> {self.records_written} record(s), "
+                f"{self.hours_written:.3f} h; {self.clips_already_done} clip(s) already prepared"
+            )
+        for split in sorted(self.records_in_output):
+            records, hours = self.records_in_output[split], self.hours_in_output[split]
+            lines.append(f"  {split}: {records} record(s), {hours:.3f} h in total")
+        lines.append(f"  skipped: {len(self.skipped)} (listed in {os.path.join(self.out_dir, SKIPPED_FILE)})")
+        lines.extend(f"    {name}: {reason}" for name, reason in self.skipped[:20])
+        if len(self.skipped) > 20:
+            lines.append(f"    ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
+
+
+def _read_skipped(out_dir: str) -> dict[str, str]:
+    path = os.path.join(out_dir, SKIPPED_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        rows = [line.rstrip("\n").split("\t", 1) for line in handle][1:]
+    return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+def _write_skipped(out_dir: str, skipped: dict[str, str]) -> None:
+    path = os.path.join(out_dir, SKIPPED_FILE)
+    temporary = os.path.join(out_dir, f".{SKIPPED_FILE}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write("path\treason\n")
+        handle.writelines(f"{name}\t{reason}\n" for name, reason in sorted(skipped.items()))
+    os.replace(temporary, path)
+
+
+def prepare(
+    planned: Planned,
+    out_dir: str,
+    workers: int = 1,
+    records_per_shard: int = 500,
+    retry_skipped: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Prepare planned clips into ``out_dir`` (see the module docstring for resuming and skipping).
+
+    Args:
+        planned: ``(clips, skipped)`` from one of the ``plan_*`` functions.
+        out_dir: the output folder; shards go to ``out_dir/data``.
+        workers: processes decoding and cropping clips in parallel (1: in this process).
+        records_per_shard: records per parquet shard.
+        retry_skipped: retry clips that an earlier run listed in ``skipped.tsv``.
+        progress: show a progress bar.
+    """
+    clips, plan_skipped = planned
+    os.makedirs(out_dir, exist_ok=True)
+    clips = sorted(clips, key=lambda clip: (clip.split, clip.name))
+    summary = Summary(out_dir, clips_total=len(clips) + len(plan_skipped))
+    previous = {} if retry_skipped else _read_skipped(out_dir)
+    skipped = dict(plan_skipped)
+
+    # Duplicate ids would collide in the shards: keep the first clip, skip the others.
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for clip in clips:
+        keys = {(clip.split, segment.id) for segment in clip.segments}
+        if keys & seen:
+            skipped[clip.name] = "duplicate record id " + ", ".join(sorted(key[1] for key in keys & seen))
+            continue
+        seen |= keys
+        unique.append(clip)
+
+    writers = {split: ShardWriter(out_dir, split, records_per_shard) for split in sorted({c.split for c in unique})}
+    done = {split: writer.done_ids() for split, writer in writers.items()}
+    tasks = []
+    for clip in unique:
+        todo = tuple(segment for segment in clip.segments if segment.id not in done[clip.split])
+        if not todo:
+            summary.clips_already_done += 1
+        elif clip.name in previous:
+            skipped[clip.name] = previous[clip.name]
+            summary.skipped_before += 1
+        else:
+            tasks.append((clip, todo))
+
+    pool = None
+    if workers > 1 and len(tasks) > 1:
+        # Forked workers inherit the imported modules (torch, transformers) instead of importing them again, as
+        # torch's DataLoader workers do on Linux; the parent has decoded nothing yet, so no codec threads are forked.
+        methods = multiprocessing.get_all_start_methods()
+        pool = multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers)
+    try:
+        results = pool.imap(process_clip, tasks) if pool else map(process_clip, tasks)
+        bar = tqdm(results, total=len(tasks), unit="clip", desc="preparing", disable=not progress or None)
+        for (clip, _), (records, reason) in zip(tasks, bar):
+            summary.clips_processed += 1
+            if reason is not None:
+                skipped[clip.name] = reason
+                continue
+            for record in records:
+                writers[clip.split].write(record)
+                summary.records_written += 1
+                summary.hours_written += record["duration"] / 3600
+        for writer in writers.values():
+            writer.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+    _write_skipped(out_dir, skipped)
+    summary.skipped = sorted(skipped.items())
+    for split in SPLITS:
+        paths = shard_paths(out_dir, split)
+        durations = [pq.read_table(path, columns=["duration"])["duration"].to_numpy() for path in paths]
+        if durations:
+            summary.records_in_output[split] = int(sum(len(d) for d in durations))
+            summary.hours_in_output[split] = float(np.concatenate(durations).sum()) / 3600
+    _write_dataset_card(out_dir, summary)
+    return summary
+
+
+def _write_dataset_card(out_dir: str, summary: Summary) -> None:
+    """A README.md whose ``configs`` block names the shards, so ``datasets.load_dataset(out_dir)`` finds the splits
+    (and does not mistake ``skipped.tsv`` for data)."""
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split in summary.records_in_output:
+        lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
+    lines += ["---", "# Prepared audio-visual speech corpus", "", "Made by `python -m mtsk_data.prepare`.", ""]
+    for split, records in summary.records_in_output.items():
+        lines.append(f"- {split}: {records} records, {summary.hours_in_output[split]:.2f} h")
+    lines += [
+        "",
+        "Columns: id, text (lower-case, no punctuation), speaker, duration (s), n_frames (25 fps), audio (16 kHz mono",
+        f"16-bit WAV bytes), video (mp4 bytes, 96x96 mouth ROI, 25 fps). Skipped clips and why: `{SKIPPED_FILE}`.",
+        "",
+    ]
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mtsk_data.prepare",
+        description="Prepare an audio-visual speech corpus as sharded Hugging Face parquet datasets (16 kHz mono "
+        "audio, 96x96 mouth ROI at 25 fps, lower-cased transcripts). Resumable: rerun the same command to continue.",
+    )
+    commands = parser.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, description=help)
+        command.add_argument("--root", required=True, help="the corpus folder")
+        command.add_argument("--out", required=True, help="the output folder (shards in OUT/data)")
+        command.add_argument(
+            "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)"
+        )
+        command.add_argument("--records-per-shard", type=int, default=500, help="records per parquet shard (500)")
+        command.add_argument("--retry-skipped", action="store_true", help="retry clips an earlier run skipped")
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+        return command
+
+    for name, help in (
+        ("lrs3", "LRS3: ROOT holds pretrain/, trainval/ and test/ with <speaker>/<clip>.mp4 + .txt"),
+        ("lrs2", "LRS2: ROOT holds train.txt, val.txt, test.txt, pretrain.txt and mvlrs_v1/{main,pretrain}"),
+        ("voxceleb2", "VoxCeleb2: ROOT holds dev/mp4/... and test/mp4/...; transcripts from a CSV"),
+    ):
+        command = add(name, help)
+        command.add_argument(
+            "--max-train-seconds", type=float, default=16.0, help="longest train/validation record (16)"
+        )
+        command.add_argument("--max-test-seconds", type=float, default=24.0, help="longest test record (24)")
+        if name == "voxceleb2":
+            command.add_argument(
+                "--transcripts", required=True, help="CSV with the header path,text[,split]; paths relative to ROOT"
+            )
+            command.add_argument("--split", default="train", choices=SPLITS, help="split of the rows without one")
+    command = add("auto_avsr", "auto_avsr-preprocessed mouth ROIs: ROOT/<dataset>/<rel_path>.mp4 + .wav, a label CSV")
+    command.add_argument(
+        "--labels", required=True, help="label CSV: dataset,rel_path,n_frames,token_ids[,text] (no header)"
+    )
+    command.add_argument("--split", required=True, choices=SPLITS, help="the split these labels are")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = os.path.abspath(args.root)
+    if not os.path.isdir(root):
+        print(f"error: --root {args.root} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        if args.corpus == "auto_avsr":
+            planned = plan_auto_avsr(root, args.labels, args.split)
+        else:
+            max_train, max_test = round(args.max_train_seconds * FPS), round(args.max_test_seconds * FPS)
+            if args.corpus == "lrs3":
+                planned = plan_lrs3(root, max_train, max_test)
+            elif args.corpus == "lrs2":
+                planned = plan_lrs2(root, max_train, max_test)
+            else:
+                planned = plan_voxceleb2(root, args.transcripts, args.split, max_train, max_test)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = prepare(
+        planned, args.out, workers=max(1, args.workers), records_per_shard=args.records_per_shard,
+        retry_skipped=args.retry_skipped, progress=not args.no_progress,
+    )
+    print(summary.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
