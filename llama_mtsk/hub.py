@@ -13,19 +13,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from transformers.dynamic_module_utils import custom_object_save
-
-from .pipeline_llama_mtsk import LlamaMTSKPipeline
+from .modeling_llama_mtsk import CUSTOM_PIPELINES
 
 
-CUSTOM_PIPELINES = {
-    "automatic-speech-recognition": {
-        "impl": "pipeline_llama_mtsk.LlamaMTSKPipeline",
-        "pt": ["AutoModelForSpeechSeq2Seq"],
-        "type": "multimodal",
-    }
-}
-PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_llama_mtsk.LlamaMTSKProcessor"}
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForSpeechSeq2Seq", "AutoProcessor")
 
 _TASK_TAGS = {
@@ -216,8 +206,9 @@ def save_checkpoint(
     commit_message: str = "Upload Llama-MTSK checkpoint",
 ) -> Path:
     """
-    Saves a complete checkpoint (see the module docstring) and, with `push_to_hub=True`, uploads the folder. Sets
-    `model.config.custom_pipelines` and adds `AutoProcessor` to `model.config.auto_map` on the way.
+    Saves a complete checkpoint (see the module docstring) and, with `push_to_hub=True`, uploads the folder. The
+    model's `save_pretrained` writes the auto classes, the pipeline entry and the remote code; this adds the processor
+    and the model card.
 
     Args:
         save_directory: The checkpoint folder (created if needed).
@@ -244,12 +235,8 @@ def save_checkpoint(
             )
     _normalized_wer_table(model.config, wer_table)  # fail before writing anything
 
-    model.config.custom_pipelines = CUSTOM_PIPELINES
-    model.config.auto_map = {**(getattr(model.config, "auto_map", None) or {}), **PROCESSOR_AUTO_MAP}
     model.save_pretrained(save_directory)
     processor.save_pretrained(save_directory)
-    # The pipeline module and its siblings, in case the model class did not copy them.
-    custom_object_save(LlamaMTSKPipeline, save_directory)
 
     auto_map = model.config.auto_map
     missing = [name for name in REQUIRED_AUTO_CLASSES if name not in auto_map]

@@ -32,6 +32,15 @@ AUTO_MAP = {
     "AutoConfig": "configuration_llama_mtsk.LlamaMTSKConfig",
     "AutoModel": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",
     "AutoModelForSpeechSeq2Seq": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",
+    "AutoProcessor": "processing_llama_mtsk.LlamaMTSKProcessor",
+}
+# `pipeline("automatic-speech-recognition", model=checkpoint, trust_remote_code=True)` resolves to our pipeline.
+CUSTOM_PIPELINES = {
+    "automatic-speech-recognition": {
+        "impl": "pipeline_llama_mtsk.LlamaMTSKPipeline",
+        "pt": ["AutoModelForSpeechSeq2Seq"],
+        "type": "multimodal",
+    }
 }
 # Whisper encodes 50 frames per second; the authors keep at least 25 of them (0.5 s) for very short clips.
 MIN_AUDIO_FRAMES = 25
@@ -560,9 +569,11 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
 
     def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus what a checkpoint needs to run anywhere with `trust_remote_code`: the
-        auto classes (AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq) in `config.auto_map`, and the processor,
-        pipeline and mouth-ROI modules beside the model code."""
+        auto classes (AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor) in `config.auto_map`, the
+        automatic-speech-recognition pipeline in `config.custom_pipelines`, and the processor, pipeline and mouth-ROI
+        modules beside the model code. Every checkpoint the Trainer writes is therefore complete too."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        self.config.custom_pipelines = CUSTOM_PIPELINES
         super().save_pretrained(save_directory, *args, **kwargs)
         for module_file in SIBLING_MODULES:
             source = Path(__file__).with_name(module_file)

