@@ -240,7 +240,8 @@ class MouthROIExtractor:
         return {**self.__dict__, "_detector": None, "_predictor": None}
 
     def detect_landmarks(self, frames: np.ndarray) -> np.ndarray:
-        """68 landmarks ``(x, y)`` of the highest-scoring face in every frame.
+        """68 landmarks ``(x, y)`` of the face in every frame: the highest-scoring one, searched near the previous
+        frame's face first.
 
         Args:
             frames: uint8 ``(T, H, W)`` grayscale or ``(T, H, W, 3)`` RGB.
