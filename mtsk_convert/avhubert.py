@@ -63,7 +63,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _RESNET = "feature_extractor_video.resnet."
 
 
-def _log(message: str, verbose: bool) -> None:
+def log(message: str, verbose: bool) -> None:
+    """Progress output of the converters."""
     if verbose:
         print(message, flush=True)
 
@@ -128,6 +129,30 @@ def config_from_fairseq(
         image_size=_setting(task_cfg, "image_crop_size", int, 88),
         image_mean=_setting(task_cfg, "image_mean", float, 0.421),
         image_std=_setting(task_cfg, "image_std", float, 0.165),
+        **resnet_widths(state),
+    )
+
+
+def config_from_weights(state: Mapping[str, torch.Tensor], head_size: int = 64) -> AVHubertConfig:
+    """The `AVHubertConfig` of AV-HuBERT weights saved without their config (as the Llama-AVSR checkpoints embed
+    them). Everything but two settings is in the shapes: the number of heads is `width / head_size` (64 in AV-HuBERT
+    Base and Large) and the layers are pre-LN (both released sizes); the original `.pt` gives the exact values."""
+    try:
+        hidden_size = state["post_extract_proj.weight"].shape[0]
+        weight_v = state["encoder.pos_conv.0.weight_v"]
+        intermediate_size = state["encoder.layers.0.fc1.weight"].shape[0]
+    except KeyError as error:
+        raise ValueError(f"The AV-HuBERT weights lack {error.args[0]}") from None
+    num_layers = sum(1 for key in state if re.fullmatch(r"encoder\.layers\.\d+\.fc1\.weight", key))
+    return AVHubertConfig(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=hidden_size // head_size,
+        intermediate_size=intermediate_size,
+        layer_norm_first=True,
+        num_conv_pos_embeddings=weight_v.shape[-1],
+        num_conv_pos_embedding_groups=hidden_size // weight_v.shape[1],
+        resnet_relu_type="prelu" if f"{_RESNET}frontend3D.2.weight" in state else "relu",
         **resnet_widths(state),
     )
 
@@ -244,23 +269,23 @@ def convert_checkpoint(
 
 
 def _convert(path: Path, dtype: torch.dtype | None, verbose: bool):
-    _log(f"Reading {path} ({path.stat().st_size / 2**20:.1f} MiB) without executing pickled code", verbose)
+    log(f"Reading {path} ({path.stat().st_size / 2**20:.1f} MiB) without executing pickled code", verbose)
     checkpoint = load_checkpoint(path)
     state, dropped, model_cfg, task_cfg, kind = split_checkpoint(checkpoint)
     config = config_from_fairseq(model_cfg, task_cfg, state)
-    _log(
+    log(
         f"AV-HuBERT {kind} checkpoint: {config.num_hidden_layers} layers, width {config.hidden_size}, "
         f"{config.num_attention_heads} heads, FFN {config.intermediate_size}, "
         f"{'pre' if config.layer_norm_first else 'post'}-LN, ResNet {config.resnet_channels}",
         verbose,
     )
-    _log(f"Mapping {len(state)} tensors", verbose)
+    log(f"Mapping {len(state)} tensors", verbose)
     weights, encoder_dropped = map_weights(state, config, dtype=dtype, verbose=verbose)
     dropped.update(encoder_dropped)
     parameters = sum(tensor.numel() for tensor in weights.values())
-    _log(f"Kept {len(weights)} tensors ({parameters / 1e6:.1f} M values); dropped {len(dropped)} on purpose:", verbose)
+    log(f"Kept {len(weights)} tensors ({parameters / 1e6:.1f} M values); dropped {len(dropped)} on purpose:", verbose)
     for key, reason in sorted(dropped.items()):
-        _log(f"  - {key}: {reason}", verbose)
+        log(f"  - {key}: {reason}", verbose)
     return config, weights, dropped
 
 
@@ -269,7 +294,8 @@ def _convert(path: Path, dtype: torch.dtype | None, verbose: bool):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 16 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(2**24), b""):
@@ -327,23 +353,28 @@ def save_encoder(
     if len(dtypes) == 1:
         config.dtype = dtypes.pop()
     config.save_pretrained(output_dir)
-    _log(f"Writing {len(weights)} tensors to {output_dir / 'model.safetensors'}", verbose)
+    log(f"Writing {len(weights)} tensors to {output_dir / 'model.safetensors'}", verbose)
     save_file({key: tensor.contiguous() for key, tensor in weights.items()}, output_dir / "model.safetensors", {"format": "pt"})
-    _log(f"Hashing {source.name} for the model card", verbose)
-    (output_dir / "README.md").write_text(_model_card(config, source, _sha256(source), dropped))
+    log(f"Hashing {source.name} for the model card", verbose)
+    (output_dir / "README.md").write_text(_model_card(config, source, file_sha256(source), dropped))
     return output_dir
 
 
 def push_folder(
-    folder: Path, repo_id: str, private: bool | None = None, token: str | None = None, verbose: bool = False
+    folder: Path,
+    repo_id: str,
+    commit_message: str,
+    private: bool | None = None,
+    token: str | None = None,
+    verbose: bool = False,
 ) -> str:
     """Uploads a folder to the Hub model repo `repo_id` (created if missing); returns the repo id."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    _log(f"Uploading {folder} to https://huggingface.co/{repo_id}", verbose)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload AV-HuBERT video encoder converted from fairseq")
+    log(f"Uploading {folder} to https://huggingface.co/{repo_id}", verbose)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
     return repo_id
 
 
@@ -367,22 +398,29 @@ def main(argv: list[str] | None = None) -> Path:
     config, weights, dropped = _convert(args.checkpoint, dtype, verbose=True)
     save_encoder(config, weights, args.output_dir, args.checkpoint, dropped, verbose=True)
     if args.push_to_hub:
-        push_folder(args.output_dir, args.push_to_hub, private=args.private or None, token=args.token, verbose=True)
+        push_folder(
+            args.output_dir, args.push_to_hub, "Upload AV-HuBERT video encoder converted from fairseq",
+            private=args.private or None, token=args.token, verbose=True,
+        )
     print(f"Done: {args.output_dir}", flush=True)
     return args.output_dir
-
-
-if __name__ == "__main__":
-    main()
 
 
 __all__ = [
     "DROPPED",
     "config_from_fairseq",
+    "config_from_weights",
     "convert_checkpoint",
     "expected_shapes",
+    "file_sha256",
+    "log",
     "map_weights",
+    "push_folder",
     "resnet_widths",
     "save_encoder",
     "split_checkpoint",
 ]
+
+
+if __name__ == "__main__":
+    main()
