@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,6 @@ class TrainingSettings:
     prompt: str | None
     avhubert: str | None = None  # the original AV-HuBERT: a fairseq .pt or a converted folder
     avhubert_lora_scaling: float = AVHUBERT_LORA_SCALING
-    notes: list[str] = field(default_factory=list)
 
 
 def _as_rates(value: Any) -> list[int] | None:
@@ -144,7 +143,9 @@ def _as_rates(value: Any) -> list[int] | None:
 
 
 def settings_from(cli: Mapping[str, Any], training_args: Mapping[str, Any], modality: str) -> TrainingSettings:
-    """Merges the command line with the training arguments a Lightning checkpoint carries; a disagreement is an error."""
+    """Merges the command line with the training arguments a Lightning checkpoint carries. A setting given both ways
+    must agree; the LLM and Whisper locations given on the command line replace the training ones (a local copy of
+    the same model is fine)."""
     trained = {
         "llm": training_args.get("llm_model"),
         "whisper": training_args.get("audio_encoder_name"),
@@ -160,7 +161,7 @@ def settings_from(cli: Mapping[str, Any], training_args: Mapping[str, Any], moda
         given = cli.get(name)
         if name.endswith("_rates"):
             given = _as_rates(given)
-        if given is not None and from_training is not None and given != from_training:
+        if given is not None and from_training is not None and given != from_training and name not in ("llm", "whisper"):
             flag = {"reduction": "reduction-lora"}.get(name, name.replace("_", "-"))
             raise ValueError(f"--{flag} {given} disagrees with the checkpoint's training arguments ({from_training})")
         chosen[name] = given if given is not None else from_training
@@ -233,9 +234,12 @@ def map_llm_lora(
             "--reduction_lora/--rank and --alpha; e.g. 64 and 8 for Llama 3.1-8B, 32 and 4 for Llama 3.2-1B/3B)"
         )
     expected = {(str(layer), kind, target) for layer in range(num_layers) for kind in ("down", "up") for target in "QV"}
-    missing = sorted(expected - set(found))
-    if missing or len(found) != len(expected):
-        raise ValueError(f"LoRA matrices missing or extra in the LLM (layer, down/up, Q/V): missing {missing[:8]}")
+    missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
+    if missing or extra:
+        raise ValueError(
+            f"The LLM's LoRA matrices (layer, down/up, Q/V) do not fit its {num_layers} layers: missing {missing[:8]}, "
+            f"extra {extra[:8]}"
+        )
     ranks = {state[key].shape[0] for (layer, kind, target), key in found.items() if kind == "down"}
     ranks |= {state[key].shape[1] for (layer, kind, target), key in found.items() if kind == "up"}
     if len(ranks) != 1:
@@ -335,7 +339,7 @@ def map_projectors(
         elif key.startswith(f"{modality}_proj."):
             raise ValueError(f"Unexpected projector key {key!r}: expected {modality}_proj[.<index>].<0|2|3>.<weight|bias>")
     if None in parts and len(parts) > 1:
-        raise ValueError(f"{modality}_proj mixes a single projector with per-rate projectors: {sorted(state)[:6]}")
+        raise ValueError(f"{modality}_proj mixes a single projector with per-rate projectors (indices {sorted(i for i in parts if i is not None)})")
     indices = sorted(parts, key=lambda index: -1 if index is None else index)
     if indices != [None] and indices != list(range(len(indices))):
         raise ValueError(f"{modality}_proj has projector indices {indices}; expected 0..{len(indices) - 1}")
@@ -568,6 +572,15 @@ def convert(checkpoint: str | Path, settings_cli: Mapping[str, Any], dtype: torc
     if len(hidden_sizes) != 1 or len(layer_norms) != 1:
         raise ValueError(f"The audio and video projectors differ in hidden size {hidden_sizes} or LayerNorm {layer_norms}")
 
+    lora_settings: dict[str, Any] = {"lora_strategy": "none"}
+    if lora is not None:
+        lora_settings = {
+            "lora_strategy": "ms",
+            "lora_r": lora.rank,
+            "lora_alpha": lora.alpha,
+            "lora_target_modules": ["q_proj", "v_proj"],
+            "lora_init": "gaussian",  # what their runs start from, should the model be trained further
+        }
     config = LlamaMTSKConfig(
         text_config=text_config,
         audio_config=audio_config,
@@ -578,12 +591,8 @@ def convert(checkpoint: str | Path, settings_cli: Mapping[str, Any], dtype: torc
         compression=settings.compression,
         projector_hidden_size=hidden_sizes.pop(),
         projector_layer_norm=layer_norms.pop(),
-        lora_strategy="none" if lora is None else "ms",
-        lora_r=lora.rank if lora is not None else 64,
-        lora_alpha=lora.alpha if lora is not None else 8.0,
-        lora_target_modules=["q_proj", "v_proj"],
-        lora_init="gaussian",  # what their runs start from, should the model be trained further
         prompt=settings.prompt or DEFAULT_PROMPTS[modality],
+        **lora_settings,
         **special_token_ids,
     )
     config.prompt_token_ids = tokenizer(config.prompt, add_special_tokens=False)["input_ids"]

@@ -280,6 +280,25 @@ def test_video_architecture_inferred_without_the_original_avhubert(parts, tmp_pa
     torch.testing.assert_close(features, reference_video_features(wide, video, heads=1), atol=1e-5, rtol=1e-5)
 
 
+def test_checkpoint_without_llm_lora_converts_without_adapters(parts, tmp_path):
+    """Trained with `--add_PETF_LLM None`: projectors only, the LLM untouched."""
+    state = {key: value for key, value in their_state_dict(parts, audio_rates=[4], seed=6).items() if "lora" not in key}
+    path = tmp_path / "ASR_noLoRA.pth"
+    torch.save(state, path)
+    model, _, _ = llama_avsr.convert(
+        path, {"llm": str(parts["llm"]), "whisper": str(parts["whisper"]), "compression": "stack", "prompt": ASR_PROMPT}
+    )
+    assert model.config.lora_strategy == "none" and not any("lora" in key for key in model.state_dict())
+    features, mask, samples = whisper_inputs(seed=2)
+    with torch.no_grad():
+        logits = model(input_features=features, input_features_mask=mask, scale=4).logits
+    expected = their_logits(
+        state, parts, audio=(features, samples), audio_rate=4, compression="stack", matryoshka=False, reduction=8,
+        alpha=4, prompt=ASR_PROMPT, lora=False,
+    )
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_projector_shape_mismatch_names_shapes_and_cause(parts, tmp_path):
     state = their_state_dict(parts, audio_rates=[2])  # trained with rate 2 stacking: 32 inputs
     path = tmp_path / "ASR.pth"
