@@ -1,0 +1,217 @@
+"""Train Llama-MTSK with the Matryoshka objective, then evaluate WER at every scale.
+
+    python train.py configs/demo.yaml                        # the embedded demo, on a laptop CPU
+    accelerate launch train.py configs/lrs3_avsr.yaml        # any accelerate config (configs/accelerate/)
+    python train.py CONFIG.yaml --max_steps 100 --lora_strategy mss    # YAML, then command-line overrides
+
+Steps: (1) generate the embedded corpus if asked and missing; (2) assemble a new model from pretrained parts, or
+load a Llama-MTSK checkpoint; (3) train with the transformers Trainer, every scale every step in one LLM pass
+(per-scale losses logged), resuming with `--resume_from_checkpoint`; (4) average the last N checkpoints; (5) save
+`<output_dir>/final` (model, processor, remote code, model card); (6) evaluate WER, LLM tokens and TFLOPs per scale
+on the test split (report, Markdown table, plot) and put the WER table in the model card; (7) transcribe a test clip
+through `pipeline("automatic-speech-recognition")` loaded from the saved folder; (8) `--push_to_hub`.
+All fields: `python train.py --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from llama_mtsk import LlamaMTSKForConditionalGeneration
+from llama_mtsk.hub import save_checkpoint
+from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from mtsk_data.augment import AugmentationConfig, NoiseSource
+from mtsk_data.collator import MTSKCollator, babble_from_records
+from mtsk_data.records import load_split, shard_paths
+from mtsk_data.sampler import FrameBatchSampler, frame_counts
+from mtsk_data.streaming import StreamingFrameBatches
+from mtsk_train.arguments import DataArguments, ModelArguments, MTSKTrainingArguments, parse_arguments, parse_snrs
+from mtsk_train.assemble import assemble_model
+from mtsk_train.averaging import average_checkpoints, last_checkpoints
+from mtsk_train.evaluation import evaluate_scales, markdown_table, wer_table, write_report
+from mtsk_train.trainer import MatryoshkaTrainer, StreamingEpochCallback, TimeBudgetCallback
+
+
+logger = logging.getLogger("train")
+
+
+def prepare_corpus(data_args: DataArguments, is_main_process: bool) -> None:
+    """Generates the embedded corpus into `dataset_dir` when asked and not complete yet (main process only)."""
+    if not data_args.generate_embedded_corpus or not is_main_process:
+        return
+    from mtsk_data.synth import generate_corpus
+
+    num_train, num_validation, num_test = data_args.corpus_sizes
+    summary = generate_corpus(
+        data_args.dataset_dir, num_train, num_validation, num_test, seed=data_args.corpus_seed, progress=True
+    )
+    logger.info(
+        "embedded corpus: %d clips (%.2f h) in %s; %d generated now in %.0f s",
+        summary["clips"], summary["hours"], data_args.dataset_dir, summary["generated"], summary["seconds_taken"],
+    )
+
+
+def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGeneration, LlamaMTSKProcessor]:
+    if model_args.model_name_or_path is not None:
+        from transformers import AutoProcessor
+
+        model = LlamaMTSKForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        return model, processor
+    config_fields = {
+        name: getattr(model_args, name)
+        for name in (
+            "audio_rates", "video_rates", "compression", "projector_hidden_size", "projector_layer_norm",
+            "lora_strategy", "lora_r", "lora_alpha", "lora_init", "prompt",
+        )
+        if getattr(model_args, name) is not None
+    }
+    return assemble_model(
+        llm=model_args.llm,
+        llm_num_layers=model_args.llm_num_layers,
+        audio_encoder=model_args.audio_encoder or model_args.audio_encoder_config,
+        video_encoder=model_args.video_encoder or model_args.video_encoder_config,
+        modality=model_args.modality,
+        freeze_audio_encoder=model_args.freeze_audio_encoder,
+        freeze_video_encoder=model_args.freeze_video_encoder,
+        **config_fields,
+    )
+
+
+def noise_source(data_args: DataArguments, train_records, seed: int) -> NoiseSource:
+    if data_args.noise_file is not None:
+        return NoiseSource.from_file(data_args.noise_file)
+    return babble_from_records(train_records, seed=seed)
+
+
+def average_last_checkpoints(model, output_dir: str, count: int) -> list[Path]:
+    """Loads the mean of the last `count` checkpoints into `model`; returns the checkpoints used."""
+    folders = last_checkpoints(output_dir, count)
+    if len(folders) < 2:
+        return folders
+    missing, unexpected = model.load_state_dict(average_checkpoints(folders), strict=False)
+    tied = {name for name in missing if name.endswith("lm_head.weight")}  # saved once, with the embedding
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"Averaged checkpoints do not match the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return folders
+
+
+def transcribe_example(final_dir: Path, record: dict, scale: tuple) -> str:
+    """One held-out clip through the automatic-speech-recognition pipeline, loaded from the saved folder."""
+    from transformers import pipeline
+
+    recognizer = pipeline("automatic-speech-recognition", model=str(final_dir), trust_remote_code=True)
+    source = {"audio": record["audio"]["bytes"], "video": record["video"]["bytes"]}
+    if recognizer.model.config.modality == "audio":
+        source = record["audio"]["bytes"]
+    elif recognizer.model.config.modality == "video":
+        source = record["video"]["bytes"]
+    return recognizer(source, scale=scale)["text"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
+    torch.set_flush_denormal(True)  # denormals made CPU steps several times slower here (research notes)
+    started = time.monotonic()
+    set_seed(training_args.seed)
+
+    prepare_corpus(data_args, training_args.process_index == 0)
+    if training_args.world_size > 1:
+        torch.distributed.barrier()
+    model, processor = build_model(model_args)
+    modality = model.config.modality
+    train_records = load_split(data_args.dataset_dir, data_args.train_split)
+    noise = noise_source(data_args, train_records, training_args.seed)
+
+    augmentation = AugmentationConfig(train_snrs_db=tuple(parse_snrs(data_args.train_snrs_db)))
+    train_collator = MTSKCollator(
+        processor, modality=modality, training=data_args.augment, augmentation=augmentation, noise=noise,
+        seed=training_args.seed,
+    )
+    eval_collator = MTSKCollator(processor, modality=modality, training=False)
+    callbacks = []
+    if data_args.streaming:
+        train_batches = StreamingFrameBatches(
+            shard_paths(data_args.dataset_dir, data_args.train_split), data_args.max_frames, seed=training_args.seed
+        )
+        callbacks.append(StreamingEpochCallback(train_batches, train_collator))
+    else:
+        lengths = frame_counts(train_records["n_frames"], train_records["duration"])
+        train_batches = FrameBatchSampler(lengths, data_args.max_frames, seed=training_args.seed)
+    eval_records = eval_batches = None
+    if data_args.eval_split is not None:
+        eval_records = load_split(data_args.dataset_dir, data_args.eval_split)
+        eval_lengths = frame_counts(eval_records["n_frames"], eval_records["duration"])
+        eval_batches = FrameBatchSampler(eval_lengths, data_args.max_frames, shuffle=False)
+    if training_args.max_train_minutes is not None:
+        callbacks.append(TimeBudgetCallback(training_args.max_train_minutes))
+
+    trainer = MatryoshkaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_records,
+        eval_dataset=eval_records,
+        processing_class=processor,
+        train_batches=train_batches,
+        eval_batches=eval_batches,
+        train_collator=train_collator,
+        eval_collator=eval_collator,
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    summary = {"train_loss": train_result.training_loss, "steps": trainer.state.global_step}
+    averaged = average_last_checkpoints(model, training_args.output_dir, training_args.average_last_checkpoints)
+    summary["averaged_checkpoints"] = [folder.name for folder in averaged]
+    summary["train_minutes"] = (time.monotonic() - started) / 60
+
+    if not trainer.is_world_process_zero():
+        return summary
+    final_dir = Path(training_args.output_dir) / "final"
+    save_checkpoint(final_dir, model, processor, model_name=training_args.hub_model_id)
+    test_records = load_split(data_args.dataset_dir, data_args.test_split)
+    if training_args.eval_max_samples is not None:
+        test_records = test_records.select(range(min(training_args.eval_max_samples, len(test_records))))
+    test_list = [test_records[index] for index in range(len(test_records))]
+    results, _ = evaluate_scales(
+        model,
+        processor,
+        test_list,
+        snrs_db=parse_snrs(training_args.eval_snrs_db),
+        noise=noise,
+        batch_size=training_args.eval_batch_size,
+        generate_kwargs={"num_beams": training_args.eval_num_beams, "max_new_tokens": training_args.eval_max_new_tokens},
+    )
+    write_report(results, final_dir, title=f"Llama-MTSK on {Path(data_args.dataset_dir).name} / {data_args.test_split}")
+    logger.info("WER per scale:\n%s", markdown_table(results))
+    save_checkpoint(  # again, with the WER table in the model card
+        final_dir,
+        model,
+        processor,
+        wer_table={Path(data_args.dataset_dir).name: wer_table(results)},
+        model_name=training_args.hub_model_id,
+        push_to_hub=training_args.push_to_hub,
+        repo_id=training_args.hub_model_id,
+        private=training_args.hub_private_repo,
+        token=training_args.hub_token,
+    )
+    summary["wer"] = {str(scale): value for scale, value in wer_table(results).items()}
+    if training_args.transcribe_example:
+        example = test_list[0]
+        text = transcribe_example(final_dir, example, model.config.scales[0])
+        logger.info("pipeline transcript of %s at %s: %r (reference %r)", example["id"], model.config.scales[0], text, example["text"])
+        summary["example"] = {"id": example["id"], "reference": example["text"], "transcript": text}
+    summary["total_minutes"] = (time.monotonic() - started) / 60
+    logger.info("done in %.1f min: %s", summary["total_minutes"], summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
