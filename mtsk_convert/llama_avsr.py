@@ -664,9 +664,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     parser.add_argument("--modality", choices=["audio", "video", "audiovisual"], help="checked against the checkpoint")
     parser.add_argument("--compression", "--compression-mode", choices=sorted(COMPRESSIONS), help="as in training")
-    parser.add_argument("--audio-rates", "--downsample-ratio-audio", type=int, nargs="+", help="in training order")
-    parser.add_argument("--video-rates", "--downsample-ratio-video", type=int, nargs="+", help="in training order")
-    parser.add_argument("--reduction-lora", "--reduction_lora", "--rank", type=float, dest="reduction", help="LoRA reduction")
+    parser.add_argument("--audio-rates", "--downsample-ratio-audio", type=int, nargs="+", metavar="RATE", help="in training order")
+    parser.add_argument("--video-rates", "--downsample-ratio-video", type=int, nargs="+", metavar="RATE", help="in training order")
+    parser.add_argument(
+        "--reduction-lora", "--reduction_lora", "--rank", type=float, dest="reduction", metavar="REDUCTION",
+        help="LoRA reduction factor: bottleneck = hidden / reduction",
+    )
     parser.add_argument("--alpha", type=float, help="LoRA alpha (scaling = alpha / reduction)")
     parser.add_argument(
         "--avhubert-lora-scaling", type=float, default=AVHUBERT_LORA_SCALING, help="scaling of the AV-HuBERT LoRA (theirs: 2)"

@@ -54,28 +54,18 @@ class InertObject:
     """An allowed configuration object as inert data: what the pickle gave it, none of the original class's code.
 
     pickle builds an instance with `cls.__new__(cls)` (NEWOBJ) or `cls(*args)` (REDUCE), then hands it its state
-    (BUILD) and, for container subclasses, its items (APPENDS / SETITEMS); all of it is only recorded here.
+    (BUILD); both are only recorded here.
     """
 
     class_path: str = ""
     args: tuple = ()
     state: Any = None
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        self.args = args + tuple(kwargs.items())
+    def __init__(self, *args: Any):
+        self.args = args
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.__dict__.setdefault("items", {})[key] = value
-
-    def append(self, value: Any) -> None:
-        self.__dict__.setdefault("elements", []).append(value)
-
-    def extend(self, values: Any) -> None:
-        for value in values:
-            self.append(value)
 
     def __repr__(self) -> str:
         return f"<inert {self.class_path}>"
