@@ -31,24 +31,33 @@ LARGE_DROPPED = {
 }
 
 
-def test_large_key_inventory_on_meta_device():
-    """Every tensor of an AV-HuBERT Large checkpoint (real key names, real shapes) is either kept or dropped on purpose."""
-    state = avhubert_state_dict(**LARGE, device="meta")
-    checkpoint = fairseq_checkpoint(state, fairseq_config(**LARGE))
+BASE = {**LARGE, "hidden": 768, "layers": 12, "heads": 12, "ffn": 3072}
+
+
+@pytest.mark.parametrize(
+    "size, total, kept, values",
+    [(LARGE, 538, 532, 324_525_076), (BASE, 346, 340, 102_549_268)],
+    ids=["large", "base"],
+)
+def test_key_inventory_on_meta_device(size, total, kept, values):
+    """Every tensor of an AV-HuBERT Large / Base checkpoint (real key names, real shapes) is kept or dropped on purpose,
+    and the architecture is the one its config declares."""
+    state = avhubert_state_dict(**size, device="meta")
+    checkpoint = fairseq_checkpoint(state, fairseq_config(**size))
     source, dropped, model_cfg, task_cfg, kind = split_checkpoint(checkpoint)
     config = config_from_fairseq(model_cfg, task_cfg, source)
     weights, encoder_dropped = map_weights(source, config)
 
     assert kind == "pre-training" and not dropped
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
-        1024, 24, 16, 4096,
+        size["hidden"], size["layers"], size["heads"], size["ffn"],
     )
     assert config.resnet_channels == [64, 128, 256, 512] and config.frontend_channels == 64
-    assert len(state) == 538
-    assert len(weights) == 532 and set(encoder_dropped) == LARGE_DROPPED
+    assert len(state) == total
+    assert len(weights) == kept and set(encoder_dropped) == LARGE_DROPPED
     assert set(weights) | set(encoder_dropped) == set(state)
     assert all(weights[key].shape == state[key].shape for key in weights)
-    assert sum(tensor.numel() for tensor in weights.values()) == 324_525_076
+    assert sum(tensor.numel() for tensor in weights.values()) == values
     # Every group of fairseq keys the issue names is present.
     groups = {re.sub(r"\.\d+(?=\.)", ".N", key) for key in weights}
     for expected in [
