@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.distributed.barrier()
     model, processor = build_model(model_args)
     modality = model.config.modality
+    trains_batch_norm = model.config.uses_video and not model.config.freeze_video_encoder
+    if training_args.world_size > 1 and trains_batch_norm and torch.cuda.is_available():
+        # As the authors: BatchNorm statistics of a trained AV-HuBERT front end over the global batch (GPU only).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_records = load_split(data_args.dataset_dir, data_args.train_split)
     noise = noise_source(data_args, train_records, training_args.seed)
 
@@ -167,6 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.world_size > 1:
+        # DDP keeps parameters equal but lets each process update its BatchNorm statistics in its last step (and on
+        # CPU there is no SyncBatchNorm): give every process the statistics that process 0 saves.
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     summary = {"train_loss": train_result.training_loss, "steps": trainer.state.global_step}
     averaged = average_last_checkpoints(model, training_args.output_dir, training_args.average_last_checkpoints)
     summary["averaged_checkpoints"] = [folder.name for folder in averaged]
