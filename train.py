@@ -75,11 +75,13 @@ def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGene
     return assemble_model(
         llm=model_args.llm,
         llm_num_layers=model_args.llm_num_layers,
+        llm_config=model_args.llm_config,
         audio_encoder=model_args.audio_encoder or model_args.audio_encoder_config,
         video_encoder=model_args.video_encoder or model_args.video_encoder_config,
         modality=model_args.modality,
         freeze_audio_encoder=model_args.freeze_audio_encoder,
         freeze_video_encoder=model_args.freeze_video_encoder,
+        freeze_language_model=model_args.freeze_language_model,
         **config_fields,
     )
 

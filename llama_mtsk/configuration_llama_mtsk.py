@@ -123,6 +123,8 @@ class LlamaMTSKConfig(PreTrainedConfig):
             N(0, 0.02): what the authors' runs actually start from, since `from_pretrained` re-initialises them).
         freeze_audio_encoder (`bool`, defaults to `True`): Keep Whisper frozen (and in eval mode) as in the paper.
         freeze_video_encoder (`bool`, defaults to `True`): Keep AV-HuBERT frozen (and in eval mode) as in the paper.
+        freeze_language_model (`bool`, defaults to `True`): Keep the LLM frozen, training only its LoRA adapters, as
+            in the paper. Off only for an LLM trained from scratch (e.g. a CPU-sized demo).
         prompt (`str`, *optional*): The instruction after the modality blocks. Defaults to the paper's prompt.
         prompt_token_ids (`list[int]`, *optional*): The tokenised prompt (no BOS/EOS), filled in when the model is
             assembled with its tokenizer, so that `generate` needs no `input_ids`.
@@ -154,6 +156,7 @@ class LlamaMTSKConfig(PreTrainedConfig):
     lora_init: str = "peft"
     freeze_audio_encoder: bool = True
     freeze_video_encoder: bool = True
+    freeze_language_model: bool = True
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     bos_token_id: int | None = None

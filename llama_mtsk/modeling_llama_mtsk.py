@@ -376,15 +376,21 @@ class LlamaMTSKProjector(nn.Module):
 
 
 class LoRARouting:
-    """Which batch rows use which adapters in the current LLM pass, shared by every LoRA layer of the model.
+    """Which tokens use which adapters in the current LLM pass, shared by every LoRA layer of the model.
 
-    `rows[name]` is `None` when every row uses adapter `name`, else a LongTensor of row indices. The model sets it
-    before each LLM call and leaves it in place, so activation checkpointing's recomputation in the backward pass sees
-    the same routing as the forward pass did.
+    `tokens[name]` is `None` when every token uses adapter `name`, else a LongTensor of positions in the flattened
+    (batch x sequence) input. The model sets it before each LLM call and leaves it in place, so activation
+    checkpointing's recomputation in the backward pass sees the same routing as the forward pass did.
     """
 
     def __init__(self):
-        self.rows: dict[str, torch.Tensor | None] = {}
+        self.tokens: dict[str, torch.Tensor | None] = {}
+        # What `tokens` was computed from: (the per-row or per-token scale tensor, the sequence length).
+        self.source: tuple[torch.Tensor, int] | None = None
+
+    def clear(self) -> None:
+        """No adapter runs: the LLM computes as the plain model."""
+        self.tokens, self.source = {}, None
 
 
 class MatryoshkaLoRALinear(nn.Linear):
@@ -418,13 +424,17 @@ class MatryoshkaLoRALinear(nn.Linear):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         output = F.linear(hidden_states, self.weight, self.bias)
-        for name, rows in self.routing.rows.items():
-            if rows is None:
-                output = output + self.lora_B[name](self.lora_A[name](hidden_states)) * self.scaling
+        if not self.routing.tokens:
+            return output
+        inputs = hidden_states.reshape(-1, self.in_features)
+        flat_output = output.reshape(-1, self.out_features)
+        for name, tokens in self.routing.tokens.items():
+            if tokens is None:
+                flat_output = flat_output + self.lora_B[name](self.lora_A[name](inputs)) * self.scaling
             else:
-                update = self.lora_B[name](self.lora_A[name](hidden_states[rows])) * self.scaling
-                output = output.index_add(0, rows, update.to(output.dtype))
-        return output
+                update = self.lora_B[name](self.lora_A[name](inputs[tokens])) * self.scaling
+                flat_output = flat_output.index_add(0, tokens, update.to(flat_output.dtype))
+        return flat_output.view_as(output)
 
 
 def lora_adapter_names(config: LlamaMTSKConfig) -> list[str]:
@@ -436,6 +446,52 @@ def lora_adapter_names(config: LlamaMTSKConfig) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def pack_sequences(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, scale_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packs right-padded sequences into as few rows of the same length as fit (first fit, longest first).
+
+    The Matryoshka batch holds every scale of every sample; the coarse scales' sequences are much shorter than the
+    finest one, so as padded rows most of the batch would be padding. Packed, the LLM computes on real tokens. Each
+    sequence keeps its own positions (restarting at 0); the rest of a row is filler with positions of its own, so it
+    forms its own attention block, label -100 and scale -1.
+
+    Returns `(inputs_embeds, position_ids, labels, token_scales)`, each with one row per packed row.
+    """
+    lengths = attention_mask.sum(-1).tolist()
+    capacity = attention_mask.shape[1]
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda row: -lengths[row]):
+        target = next((index for index, free in enumerate(room) if free >= lengths[row]), None)
+        if target is None:
+            bins.append([])
+            room.append(capacity)
+            target = len(bins) - 1
+        bins[target].append(row)
+        room[target] -= lengths[row]
+    source_row = torch.full((len(bins), capacity), -1, dtype=torch.long)
+    source_column = torch.zeros(len(bins), capacity, dtype=torch.long)
+    position_ids = torch.zeros(len(bins), capacity, dtype=torch.long)
+    for index, rows in enumerate(bins):
+        offset = 0
+        for row in rows:
+            span = slice(offset, offset + lengths[row])
+            source_row[index, span] = row
+            source_column[index, span] = torch.arange(lengths[row])
+            position_ids[index, span] = torch.arange(lengths[row])
+            offset += lengths[row]
+        position_ids[index, offset:] = torch.arange(capacity - offset)
+    device = inputs_embeds.device
+    source_row, source_column, position_ids = source_row.to(device), source_column.to(device), position_ids.to(device)
+    real = source_row >= 0
+    gather_row = source_row.clamp(min=0)
+    packed_embeds = inputs_embeds[gather_row, source_column] * real.unsqueeze(-1).to(inputs_embeds.dtype)
+    packed_labels = labels[gather_row, source_column].masked_fill(~real, IGNORE_INDEX)
+    token_scales = scale_index[gather_row].masked_fill(~real, -1)
+    return packed_embeds, position_ids, packed_labels, token_scales
 
 
 @dataclass
@@ -535,13 +591,13 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             )
 
     def _freeze(self) -> None:
-        """The LLM is frozen except its LoRA adapters; encoders are frozen unless the config trains them."""
+        """The LLM is frozen except its LoRA adapters, and the encoders are frozen, unless the config trains them."""
         for name, parameter in self.language_model.named_parameters():
-            parameter.requires_grad_(".lora_A." in name or ".lora_B." in name)
-        if self.config.uses_audio and self.config.freeze_audio_encoder:
-            self.audio_encoder.requires_grad_(False)
-        if self.config.uses_video and self.config.freeze_video_encoder:
-            self.video_encoder.requires_grad_(False)
+            parameter.requires_grad_(not self.config.freeze_language_model or ".lora_A." in name or ".lora_B." in name)
+        if self.config.uses_audio:
+            self.audio_encoder.requires_grad_(not self.config.freeze_audio_encoder)
+        if self.config.uses_video:
+            self.video_encoder.requires_grad_(not self.config.freeze_video_encoder)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -617,18 +673,27 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             indices = [scales.index(self.config.normalize_scale(scale))] * batch_size
         return torch.tensor(indices, dtype=torch.long, device=device)
 
-    def _route_lora(self, scale_index: torch.Tensor) -> None:
-        """Points every LoRA layer at the adapters of each row's scale for the next LLM pass."""
+    def _route_lora(self, scale_index: torch.Tensor, sequence_length: int) -> None:
+        """Points every LoRA layer at the adapters of each token's scale for the next LLM pass.
+
+        `scale_index` indexes `config.scales`, per row `(rows,)` or per token `(rows, sequence_length)` (packed rows
+        of several scales); -1 marks filler tokens, which get no scale adapter."""
+        source = self.lora_routing.source
+        if source is not None and source[0] is scale_index and source[1] == sequence_length:
+            return  # the decoding steps of one `generate` call: the routing is already in place
         strategy = self.config.lora_strategy
-        rows: dict[str, torch.Tensor | None] = {}
+        tokens: dict[str, torch.Tensor | None] = {}
         if strategy in ("ms", "mss"):
-            rows["global"] = None
+            tokens["global"] = None  # filler tokens may use it too: nothing reads their outputs
         if strategy in ("ss", "mss"):
-            present = torch.unique(scale_index).tolist()
-            for index in present:
+            per_token = scale_index if scale_index.dim() == 2 else scale_index[:, None].expand(-1, sequence_length)
+            per_token = per_token.reshape(-1)
+            present = torch.unique(per_token).tolist()
+            for index in (index for index in present if index >= 0):
                 name = self.config.scale_name(self.config.scales[index])
-                rows[name] = None if len(present) == 1 else torch.nonzero(scale_index == index).flatten()
-        self.lora_routing.rows = rows
+                tokens[name] = None if len(present) == 1 else torch.nonzero(per_token == index).flatten()
+        self.lora_routing.tokens = tokens
+        self.lora_routing.source = (scale_index, sequence_length)
 
     # -- encoders and projection -------------------------------------------------------------------------------------
 
@@ -693,6 +758,17 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             video_tokens = 2 + compressed_lengths(lengths, video_rate)
             tokens = video_tokens if tokens is None else tokens + video_tokens
         return 1 + tokens + prompt_length
+
+    def llm_flops_per_token(self) -> float:
+        """Estimated forward FLOPs per LLM input token: 2 x the base LLM's parameters, leaving out the input
+        embedding (a lookup) and the LoRA adapters (a few percent at most); a tied LM head is the embedding used as a
+        real product and stays in. The rule behind the paper's TFLOPs-per-scale table."""
+        embedding = self.get_input_embeddings().weight
+        parameters = sum(  # named_parameters yields tied weights once
+            parameter.numel() for name, parameter in self.language_model.named_parameters() if ".lora_" not in name
+        )
+        tied = self.get_output_embeddings().weight is embedding
+        return 2.0 * (parameters - (0 if tied else embedding.numel()))
 
     def _encode_audio(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None):
         """Whisper over its whole window, then each sample's output cut to its own length."""
@@ -927,10 +1003,10 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                 raise ValueError(
                     "forward needs media (`input_features` and/or `pixel_values_videos`), or `input_ids`/`inputs_embeds`"
                 )
-            rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+            tokens = input_ids if input_ids is not None else inputs_embeds
             if scale_index is None:
-                scale_index = self._row_scale_indices(scale, rows, (input_ids if input_ids is not None else inputs_embeds).device)
-            self._route_lora(scale_index)
+                scale_index = self._row_scale_indices(scale, tokens.shape[0], tokens.device)
+            self._route_lora(scale_index, tokens.shape[1])
             outputs = self.language_model(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,
@@ -956,7 +1032,7 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
             input_ids, attention_mask, labels, scale_index=scale_index,
         )
-        self._route_lora(scale_index)
+        self._route_lora(scale_index, inputs_embeds.shape[1])
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=sequence_mask, logits_to_keep=logits_to_keep, **kwargs
         )
@@ -974,8 +1050,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
         input_ids, attention_mask, labels, **kwargs,
     ) -> LlamaMTSKCausalLMOutput:
-        """Encoders once; every scale's sequences stacked along the batch; one LLM pass; the mean of the per-scale
-        token-mean cross-entropies. Only transcript positions go through the LM head."""
+        """Encoders once; every scale's sequence of every sample packed into one batch; one LLM pass; the mean of the
+        per-scale token-mean cross-entropies. Only transcript positions go through the LM head."""
         batch_size = labels.shape[0]
         num_scales = len(self.config.scales)
         device = labels.device
@@ -985,17 +1061,22 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
             input_ids, attention_mask, labels, scale_index=scale_index, sample_index=sample_index,
         )
-        self._route_lora(scale_index)
+        inputs_embeds, position_ids, sequence_labels, token_scales = pack_sequences(
+            inputs_embeds, sequence_mask, sequence_labels, scale_index
+        )
+        self._route_lora(token_scales, inputs_embeds.shape[1])
+        # No attention mask: transformers reads the packed layout from the position ids restarting at 0 and keeps
+        # every sequence's attention inside its own block.
         hidden_states = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, use_cache=False, **kwargs
+            inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False, **kwargs
         ).last_hidden_state
         targets = sequence_labels[:, 1:]
         predicted = targets != IGNORE_INDEX
         logits = self.get_output_embeddings()(hidden_states[:, :-1][predicted]).float()
         token_losses = F.cross_entropy(logits, targets[predicted], reduction="none")
-        token_scales = scale_index[:, None].expand_as(targets)[predicted]
-        scale_losses = torch.zeros(num_scales, device=device, dtype=token_losses.dtype).index_add(0, token_scales, token_losses)
-        scale_losses = scale_losses / torch.bincount(token_scales, minlength=num_scales).clamp(min=1)
+        target_scales = token_scales[:, 1:][predicted]
+        scale_losses = torch.zeros(num_scales, device=device, dtype=token_losses.dtype).index_add(0, target_scales, token_losses)
+        scale_losses = scale_losses / torch.bincount(target_scales, minlength=num_scales).clamp(min=1)
         return LlamaMTSKCausalLMOutput(loss=scale_losses.mean(), scale_losses=scale_losses)
 
     @torch.no_grad()

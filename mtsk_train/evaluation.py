@@ -7,8 +7,8 @@ estimated LLM TFLOPs), `eval_report.md` (the same as a table) and `wer_vs_tokens
 scale, the paper's trade-off picture) into `--output_dir` (default: the model folder).
 
 WER is corpus-level: total word edits over total reference words (jiwer), on lower-cased whitespace-separated words
-with punctuation removed, as in SPEC.md section 7. LLM compute is estimated as 2 x (LLM parameters without the input
-embedding) x tokens, the rule the paper's token/TFLOPs table follows.
+with punctuation removed, as in SPEC.md section 7. LLM compute is estimated as tokens x `model.llm_flops_per_token()`
+(2 x the LLM's parameters without its input embedding), the rule the paper's token/TFLOPs table follows.
 """
 
 from __future__ import annotations
@@ -55,17 +55,6 @@ def normalize_transcript(text: str) -> str:
     return " ".join(word.strip("'") for word in text.split() if word.strip("'"))
 
 
-def llm_flops_per_token(model: LlamaMTSKForConditionalGeneration) -> float:
-    """2 x the base LLM's parameters, leaving out the input embedding (a lookup, not a matrix product) and the LoRA
-    adapters (a few percent at most). A tied LM head is the embedding used as a real product, so it stays in."""
-    embedding = model.get_input_embeddings().weight
-    parameters = sum(  # named_parameters yields tied weights once
-        parameter.numel() for name, parameter in model.language_model.named_parameters() if ".lora_" not in name
-    )
-    tied = model.get_output_embeddings().weight is embedding
-    return 2.0 * (parameters - (0 if tied else embedding.numel()))
-
-
 @torch.no_grad()
 def evaluate_scales(
     model: LlamaMTSKForConditionalGeneration,
@@ -84,7 +73,7 @@ def evaluate_scales(
     scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
     generate_kwargs = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False, **(generate_kwargs or {})}
     references = [normalize_transcript(record["text"]) for record in records]
-    flops_per_token = llm_flops_per_token(model)
+    flops_per_token = model.llm_flops_per_token()
     device = next(model.parameters()).device
     results, hypotheses = [], {}
     for snr_db in snrs_db:

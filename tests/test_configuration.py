@@ -116,3 +116,12 @@ def test_config_round_trips_through_json(tmp_path):
     loaded = LlamaMTSKConfig.from_pretrained(tmp_path)
     assert loaded.scales == config.scales and loaded.video_config.resnet_channels == [4, 4, 8, 8]
     assert loaded.audio_config is None and loaded.prompt_token_ids == config.prompt_token_ids
+
+
+def test_llm_flops_follow_the_papers_table():
+    # Table 4 of the paper (Llama 3.1-8B, untied LM head): 757 tokens -> 11.40 TFLOPs, 257 -> 3.87, 88 -> 1.33.
+    with torch.device("meta"):
+        model = LlamaMTSKForConditionalGeneration(real_config("llama-3.1-8b", 64, lora_strategy="mss"))
+    per_token = model.llm_flops_per_token()
+    for tokens, tflops in [(757, 11.40), (257, 3.87), (88, 1.33)]:
+        assert per_token * tokens / 1e12 == pytest.approx(tflops, rel=0.01)

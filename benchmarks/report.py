@@ -1,0 +1,155 @@
+"""Renders BENCHMARKS.md from benchmarks/results.json (written by run_benchmarks.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+TARGETS = {
+    "overhead": 0.05,  # our generate at most 5 % slower than the bare LLM (minus encoders)
+    "batching": 3.0,  # batch 8 at least 3x the clips/s of one at a time
+    "data": 20.0,  # decode + augment at least 20x real time per core
+}
+PAPER_TABLE = {(4, 2): (257, 3.87), (4, 5): (182, 2.74), (16, 2): (163, 2.46), (16, 5): (88, 1.33)}
+
+
+def _scale(scale: list[int]) -> str:
+    return f"({scale[0]}, {scale[1]})"
+
+
+def _machine(section: dict[str, Any]) -> str:
+    machine = section["machine"]
+    return (
+        f"{machine['device']}; {machine['cpu_cores']} cores, {machine['torch_threads']} torch threads; Python "
+        f"{machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}; "
+        f"{'quick' if section['quick'] else 'full'} run of {section['seconds']:.0f} s, started {section['started']}"
+    )
+
+
+def _per_scale_table(rows: list[dict[str, Any]], with_paper: bool) -> list[str]:
+    header = "| scale | LLM tokens | est. LLM TFLOPs | prefill | 32 new tokens | tokens ratio | prefill ratio | generation ratio |"
+    if with_paper:
+        header += " paper (8B): tokens / TFLOPs |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        line = (
+            f"| {_scale(row['scale'])} | {row['llm_tokens']} | {row['llm_tflops']:.4f} | {1000 * row['prefill_s']:.1f} ms "
+            f"| {1000 * row['generate_s']:.0f} ms | {row['llm_tokens_ratio']:.2f} | {row['prefill_s_ratio']:.2f} "
+            f"| {row['generate_s_ratio']:.2f} |"
+        )
+        if with_paper:
+            tokens, tflops = PAPER_TABLE[tuple(row["scale"])]
+            line += f" {tokens} / {tflops} |"
+        lines.append(line)
+    return lines
+
+
+def _training_table(rows: list[dict[str, Any]], memory: dict[tuple, float] | None) -> list[str]:
+    with_peak = any("peak_gib" in row for row in rows) or memory is not None
+    header = "| approach | activation checkpointing | step | vs stacked |" + (" peak memory |" if with_peak else "")
+    if any("llm_tokens_per_s" in row for row in rows):
+        header += " LLM tokens/s |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    stacked = {row["activation_checkpointing"]: row["step_s"] for row in rows if "stacked" in row["approach"]}
+    for row in rows:
+        line = (
+            f"| {row['approach']} | {'yes' if row['activation_checkpointing'] else 'no'} | {row['step_s']:.3f} s "
+            f"| {row['step_s'] / stacked[row['activation_checkpointing']]:.2f}x |"
+        )
+        if with_peak:
+            peak = row.get("peak_gib")
+            if peak is None and memory is not None:
+                peak = memory.get((row["approach"], row["activation_checkpointing"]))
+            line += f" {peak:.2f} GiB |" if peak is not None else " - |"
+        if "llm_tokens_per_s" in row:
+            line += f" {row['llm_tokens_per_s']:.0f} |"
+        lines.append(line)
+    return lines
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def write_report(results: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `python benchmarks/run_benchmarks.py` (CPU sections; `--quick` for a short run) and, for the GPU",
+        "sections, `python benchmarks/run_benchmarks.py --device cuda --output gpu.json` on a GPU machine merged with",
+        "`--merge gpu.json`. Every figure below comes from those runs (`benchmarks/results.json`); comparisons are",
+        "measured back to back in one process and given as ratios. Models have random weights at the stated shapes:",
+        "speed does not depend on the values.",
+        "",
+    ]
+    cpu = results.get("cpu")
+    if cpu:
+        lines += ["## CPU", "", f"Machine: {_machine(cpu)}.", "", f"### 1. Cost per scale ({cpu['inference_model']}, one clip)", ""]
+        lines += _per_scale_table(cpu["inference_per_scale"], with_paper=True)
+        lines += [
+            "",
+            "The paper's token counts are for about 10 s of speech and Llama 3.1-8B (TFLOPs = 2 x 7.5 B parameters x",
+            "tokens); ours follow the same rule with SmolLM2's parameters, so the token column is the comparable one.",
+            "",
+            "### 2. Overhead of our `generate` against the bare `LlamaForCausalLM.generate` (same `inputs_embeds` length)",
+            "",
+            "| LoRA | ours | encoders + projection | bare LLM | overhead | target (<= 5 %) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in cpu["overhead"]:
+            lines.append(
+                f"| {row['lora_strategy']} | {row['ours_s']:.3f} s | {row['encoding_s']:.3f} s | {row['bare_llm_s']:.3f} s "
+                f"| {100 * row['overhead']:+.1f} % | {_verdict(row['overhead'] <= TARGETS['overhead'])} |"
+            )
+        batching = cpu["batching"]
+        lines += [
+            "",
+            "With strategy none the difference is the wrapper alone (routing, sequence building, the output object); with",
+            "MSS it also contains the two adapters (global + scale) that every q/v projection adds, which the bare LLM",
+            "does not compute.",
+            "",
+            f"### 3. Batching (LLM part: prefill + {32} tokens at (4, 2))",
+            "",
+            f"Batch of {batching['batch_size']} clips of different lengths, left-padded: "
+            f"{batching['batched_clips_per_s']:.2f} clips/s against {batching['one_at_a_time_clips_per_s']:.2f} one at a "
+            f"time, **{batching['speedup']:.2f}x** (target >= 3x: {_verdict(batching['speedup'] >= TARGETS['batching'])}).",
+            "",
+            f"### 4. The Matryoshka training step ({cpu['training_model']})",
+            "",
+        ]
+        memory = {(row["approach"], row["activation_checkpointing"]): row["peak_rss_increase_gib"] for row in cpu["training_memory"]}
+        lines += _training_table(cpu["training_step"], memory)
+        lines += [
+            "",
+            "Peak memory on CPU is the growth of the process's peak resident set during one step, each variant in a",
+            "fresh process.",
+            "",
+        ]
+        data = cpu["data_pipeline"]
+        lines += [
+            "### 5. The data pipeline (one process, one thread)",
+            "",
+            f"{data['clips']} generated clips ({data['audio_seconds']:.0f} s of audio-visual speech): decode (PyAV,",
+            f"soundfile) + augmentation (random crop, time masks, noise) at {data['decode_augment_clips_per_s']:.0f}",
+            f"clips/s = **{data['decode_augment_x_real_time']:.0f}x real time per core** (target >= 20x:",
+            f"{_verdict(data['decode_augment_x_real_time'] >= TARGETS['data'])}); with the processor's Whisper features",
+            f"and video normalisation too, {data['with_features_clips_per_s']:.0f} clips/s = "
+            f"{data['with_features_x_real_time']:.0f}x real time.",
+            "",
+        ]
+    gpu = results.get("cuda")
+    if gpu:
+        lines += ["## GPU", "", f"Machine: {_machine(gpu)}.", ""]
+        for size, section in gpu["shapes"].items():
+            lines += [f"### {section['model']}", "", "Training step (forward + backward, all four scales, 8 clips of 4-6 s):", ""]
+            lines += _training_table(section["training_step"], None)
+            lines += ["", "Inference per scale (one 10 s clip):", ""]
+            lines += _per_scale_table(section["inference_per_scale"], with_paper=False)
+            batching = section["batching"]
+            lines += [
+                "",
+                f"Batching: batch of {batching['batch_size']}: {batching['batched_clips_per_s']:.1f} clips/s against "
+                f"{batching['one_at_a_time_clips_per_s']:.1f} one at a time, **{batching['speedup']:.1f}x**.",
+                "",
+            ]
+    return "\n".join(lines) + "\n"
