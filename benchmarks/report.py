@@ -22,7 +22,7 @@ def _machine(section: dict[str, Any]) -> str:
     return (
         f"{machine['device']}; {machine['cpu_cores']} cores, {machine['torch_threads']} torch threads; Python "
         f"{machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}; "
-        f"{'quick' if section['quick'] else 'full'} run of {section['seconds']:.0f} s, started {section['started']}"
+        f"{section['profile']} run of {section['seconds']:.0f} s, started {section['started']}"
     )
 
 

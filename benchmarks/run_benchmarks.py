@@ -3,6 +3,7 @@ against the authors' one-pass-per-scale approach, the data pipeline, and (on a G
 
     python benchmarks/run_benchmarks.py              # writes benchmarks/results.json and BENCHMARKS.md
     python benchmarks/run_benchmarks.py --quick      # fewer repeats, smaller inputs: under 3 minutes on 2 CPU cores
+    python benchmarks/run_benchmarks.py --smoke --results /tmp/r.json --report /tmp/B.md   # tiny shapes: tests only
     python benchmarks/run_benchmarks.py --device cuda --output gpu.json   # the GPU sections, on a GPU machine
 
 Every figure comes from the run that wrote it; each comparison is measured in one process, back to back, and is
@@ -13,6 +14,7 @@ once both were run; `--report_only` rewrites BENCHMARKS.md from results.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -311,12 +313,12 @@ def training_step_times(model, device, dtype, repeats: int, seconds: list[float]
     return rows
 
 
-def cpu_training_memory(quick: bool) -> list[dict[str, Any]]:
+def cpu_training_memory(profile: "Profile") -> list[dict[str, Any]]:
     """Peak resident memory of one training step per variant, each in a fresh process (RSS peaks never go down)."""
     rows = []
     for checkpointing in (False, True):
         for approach in APPROACHES:
-            command = [sys.executable, str(Path(__file__)), "--memory_probe", approach, "--quick" if quick else "--full"]
+            command = [sys.executable, str(Path(__file__)), "--memory_probe", approach, "--profile", profile.name]
             if checkpointing:
                 command.append("--checkpointing")
             output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
@@ -324,11 +326,11 @@ def cpu_training_memory(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def memory_probe(approach: str, checkpointing: bool, quick: bool) -> None:
+def memory_probe(approach: str, checkpointing: bool, profile: "Profile") -> None:
     """One training step in this process; prints the increase of peak RSS it caused, as JSON."""
-    model = build_model(smollm2_shape(CPU_TRAINING_LAYERS[quick]), SMALL_ENCODERS)
-    inputs = media_inputs(model, CPU_TRAINING_SECONDS[quick], torch.device("cpu"), torch.float32)
-    labels = transcript_labels(len(CPU_TRAINING_SECONDS[quick]), model.config.eos_token_id, torch.device("cpu"))
+    model = build_model(profile.training_llm(), profile.encoders)
+    inputs = media_inputs(model, profile.training_seconds, torch.device("cpu"), torch.float32)
+    labels = transcript_labels(len(profile.training_seconds), model.config.eos_token_id, torch.device("cpu"))
     model.train()
     if checkpointing:
         model.activation_checkpointing_enable()
@@ -343,7 +345,7 @@ def memory_probe(approach: str, checkpointing: bool, quick: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def data_pipeline(quick: bool) -> dict[str, Any]:
+def data_pipeline(profile: "Profile") -> dict[str, Any]:
     """Decode + augment throughput of the training collator on generated clips (one process, one thread), and the
     same with the processor's features; as clips/s and as a multiple of real time per core."""
     from mtsk_data.augment import AugmentationConfig, NoiseSource
@@ -352,10 +354,10 @@ def data_pipeline(quick: bool) -> dict[str, Any]:
     from mtsk_train.assemble import add_special_tokens, load_tokenizer
     from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 
-    records = [make_utterance_record(plan) for plan in plan_corpus(16 if quick else 64, 0, 0, seed=11)]
+    records = [make_utterance_record(plan) for plan in plan_corpus(profile.data_clips, 0, 0, seed=11)]
     tokenizer = load_tokenizer("smollm2")
     add_special_tokens(tokenizer)
-    config = build_model(smollm2_shape(1), SMALL_ENCODERS, lora_strategy="none").config
+    config = build_model(smollm2_shape(1), DEMO_ENCODERS, lora_strategy="none").config
     processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
     noise = NoiseSource(np.random.default_rng(0).standard_normal(16000 * 30).astype(np.float32) * 0.1, name="white")
     collator = MTSKCollator(processor, training=True, augmentation=AugmentationConfig(), noise=noise)
@@ -385,9 +387,59 @@ def data_pipeline(quick: bool) -> dict[str, Any]:
 # The run and the report
 # ---------------------------------------------------------------------------------------------------------------------
 
-# CPU training-step benchmark: SmolLM2's width with fewer layers, so that the step fits the time budget.
-CPU_TRAINING_LAYERS = {True: 4, False: 8}
-CPU_TRAINING_SECONDS = {True: [3.0, 2.0], False: [4.0, 3.0, 3.5, 2.5]}
+# The demo's encoders (32x32 crops, a 4 s Whisper window): what the data pipeline prepares inputs for.
+DEMO_ENCODERS = {
+    "audio": dict(d_model=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, num_mel_bins=80,
+                  max_source_positions=200),
+    "video": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=8, frontend_channels=8,
+                  resnet_channels=[8, 16, 16, 32], image_size=32, roi_size=36),
+}
+TINY_ENCODERS = {
+    "audio": dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
+                  max_source_positions=1500),
+    "video": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                  num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2, frontend_channels=4,
+                  resnet_channels=[4, 4, 8, 8], image_size=16, roi_size=18),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How big and how long a CPU run is: `full` for BENCHMARKS.md, `quick` for a look, `smoke` to test the code."""
+
+    name: str
+    repeats: int
+    inference_seconds: float  # the clip of the inference sections
+    inference_layers: int  # SmolLM2's 30, or fewer
+    training_layers: int  # the training-step section's LLM depth at SmolLM2's width
+    training_seconds: tuple[float, ...]  # its clips
+    data_clips: int
+    encoders: dict = dataclasses.field(default_factory=lambda: SMALL_ENCODERS)
+    hidden_size: int | None = None  # smaller than SmolLM2's, for `smoke`
+
+    def llm(self, layers: int) -> LlamaConfig:
+        config = smollm2_shape(layers)
+        if self.hidden_size is not None:
+            config = LlamaConfig(**{**config.to_dict(), "hidden_size": self.hidden_size, "intermediate_size": 2 * self.hidden_size,
+                                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": self.hidden_size // 4})
+        return config
+
+    def inference_llm(self) -> LlamaConfig:
+        return self.llm(self.inference_layers)
+
+    def training_llm(self) -> LlamaConfig:
+        return self.llm(self.training_layers)
+
+
+PROFILES = {
+    "full": Profile("full", repeats=5, inference_seconds=10.0, inference_layers=30, training_layers=8,
+                    training_seconds=(4.0, 3.0, 3.5, 2.5), data_clips=64),
+    "quick": Profile("quick", repeats=2, inference_seconds=5.0, inference_layers=30, training_layers=4,
+                     training_seconds=(3.0, 2.0), data_clips=16),
+    "smoke": Profile("smoke", repeats=1, inference_seconds=2.0, inference_layers=2, training_layers=2,
+                     training_seconds=(2.0, 1.5), data_clips=2, encoders=TINY_ENCODERS, hidden_size=32),
+}
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -400,28 +452,32 @@ def machine(device: torch.device) -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def run(device: torch.device, quick: bool) -> dict[str, Any]:
-    repeats = 2 if quick else 5
-    seconds = 5.0 if quick else 10.0
-    results: dict[str, Any] = {"machine": machine(device), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+def run(device: torch.device, profile: Profile) -> dict[str, Any]:
+    repeats = profile.repeats
+    results: dict[str, Any] = {"machine": machine(device), "profile": profile.name, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     started = time.perf_counter()
     if device.type == "cpu":
         dtype = torch.float32
-        model = build_model(smollm2_shape(), SMALL_ENCODERS, lora_strategy="mss")
-        results["inference_model"] = "SmolLM2-135M shape (30 layers, d=576), MSS LoRA r=16, small encoders, fp32"
+        seconds = profile.inference_seconds
+        model = build_model(profile.inference_llm(), profile.encoders, lora_strategy="mss")
+        results["inference_model"] = (
+            f"SmolLM2-135M shape ({profile.inference_layers} layers), MSS LoRA r=16, small encoders, fp32, a {seconds:g} s clip"
+        )
         results["inference_per_scale"] = inference_per_scale(model, device, dtype, repeats, seconds)
-        plain = build_model(smollm2_shape(), SMALL_ENCODERS, lora_strategy="none")
+        plain = build_model(profile.inference_llm(), profile.encoders, lora_strategy="none")
         results["overhead"] = overhead_against_bare_llm({"none": plain, "mss": model}, device, dtype, repeats, seconds)
         del plain
-        results["batching"] = batching(model, device, dtype, max(1, repeats - 1), seconds)
+        results["batching"] = batching(model, device, dtype, repeats, seconds)
         del model
-        layers = CPU_TRAINING_LAYERS[quick]
-        trainer_model = build_model(smollm2_shape(layers), SMALL_ENCODERS, lora_strategy="mss")
-        results["training_model"] = f"SmolLM2 shape cut to {layers} layers, MSS LoRA, {len(CPU_TRAINING_SECONDS[quick])} clips of {CPU_TRAINING_SECONDS[quick]} s, fp32"
-        results["training_step"] = training_step_times(trainer_model, device, dtype, repeats, CPU_TRAINING_SECONDS[quick])
+        trainer_model = build_model(profile.training_llm(), profile.encoders, lora_strategy="mss")
+        results["training_model"] = (
+            f"SmolLM2's width cut to {profile.training_layers} layers, MSS LoRA r=16, small encoders, fp32, "
+            f"{len(profile.training_seconds)} clips of {', '.join(f'{length:g}' for length in profile.training_seconds)} s"
+        )
+        results["training_step"] = training_step_times(trainer_model, device, dtype, repeats, list(profile.training_seconds))
         del trainer_model
-        results["training_memory"] = cpu_training_memory(quick)
-        results["data_pipeline"] = data_pipeline(quick)
+        results["training_memory"] = cpu_training_memory(profile)
+        results["data_pipeline"] = data_pipeline(profile)
     else:
         dtype = torch.bfloat16
         results["shapes"] = {}
@@ -448,36 +504,42 @@ def run(device: torch.device, quick: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller inputs")
-    parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_const", const="quick", dest="profile", help="fewer repeats, smaller inputs")
+    parser.add_argument("--smoke", action="store_const", const="smoke", dest="profile", help="tiny shapes: tests the code")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--output", default=None, help="write this run's JSON here instead of merging into results.json")
-    parser.add_argument("--report_only", action="store_true", help="rewrite BENCHMARKS.md from results.json")
-    parser.add_argument("--merge", default=None, help="merge a JSON written with --output into results.json")
+    parser.add_argument("--output", default=None, help="write this run's JSON here (and nothing else), e.g. on a GPU machine")
+    parser.add_argument("--merge", default=None, help="merge a JSON written with --output into the results")
+    parser.add_argument("--report_only", action="store_true", help="rewrite the report from the results")
+    parser.add_argument("--results", default=str(RESULTS), help="results JSON (default benchmarks/results.json)")
+    parser.add_argument("--report", default=str(REPORT), help="report (default BENCHMARKS.md)")
     parser.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(profile="full")
     args = parser.parse_args()
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # denormals slow CPU steps several-fold on some machines
+    profile = PROFILES[args.profile]
     if args.memory_probe is not None:
-        memory_probe(args.memory_probe, args.checkpointing, args.quick)
+        memory_probe(args.memory_probe, args.checkpointing, profile)
         return
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if args.merge is not None:
         merged = json.loads(Path(args.merge).read_text())
         results["cuda" if "shapes" in merged else "cpu"] = merged
     elif not args.report_only:
         device = torch.device(args.device)
-        current = run(device, args.quick)
+        current = run(device, profile)
         if args.output is not None:
             Path(args.output).write_text(json.dumps(current, indent=2) + "\n")
             print(json.dumps(current, indent=2))
             return
         results[device.type] = current
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
     from report import write_report
 
-    REPORT.write_text(write_report(results))
-    print(f"wrote {RESULTS} and {REPORT}")
+    Path(args.report).write_text(write_report(results))
+    print(f"wrote {results_path} and {args.report}")
 
 
 if __name__ == "__main__":

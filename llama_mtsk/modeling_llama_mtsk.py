@@ -448,6 +448,21 @@ def lora_adapter_names(config: LlamaMTSKConfig) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Bins of item indices whose lengths sum to at most `capacity`: longest first, each into the first bin it fits."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for item in sorted(range(len(lengths)), key=lambda item: -lengths[item]):
+        target = next((index for index, free in enumerate(room) if free >= lengths[item]), None)
+        if target is None:
+            bins.append([])
+            room.append(capacity)
+            target = len(bins) - 1
+        bins[target].append(item)
+        room[target] -= lengths[item]
+    return bins
+
+
 def pack_sequences(
     inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, scale_index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -461,17 +476,13 @@ def pack_sequences(
     Returns `(inputs_embeds, position_ids, labels, token_scales)`, each with one row per packed row.
     """
     lengths = attention_mask.sum(-1).tolist()
-    capacity = attention_mask.shape[1]
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for row in sorted(range(len(lengths)), key=lambda row: -lengths[row]):
-        target = next((index for index, free in enumerate(room) if free >= lengths[row]), None)
-        if target is None:
-            bins.append([])
-            room.append(capacity)
-            target = len(bins) - 1
-        bins[target].append(row)
-        room[target] -= lengths[row]
+    longest = attention_mask.shape[1]
+    # Rows as long as the longest sequence, or twice that when it packs tighter: attention is computed over whole
+    # rows, but the rest of the LLM only over tokens, so fewer filler tokens win.
+    bins, capacity = min(
+        ((first_fit(lengths, capacity), capacity) for capacity in (longest, 2 * longest)),
+        key=lambda packing: len(packing[0]) * packing[1],
+    )
     source_row = torch.full((len(bins), capacity), -1, dtype=torch.long)
     source_column = torch.zeros(len(bins), capacity, dtype=torch.long)
     position_ids = torch.zeros(len(bins), capacity, dtype=torch.long)
@@ -836,26 +847,26 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
 
         Returns `(inputs_embeds, attention_mask, labels)`; labels are -100 everywhere but on the transcript (which
         ends with EOS), or None without transcript."""
-        embed_tokens = self.get_input_embeddings()
         rows = sample_index.shape[0]
         device = sample_index.device
+        one_each = torch.ones(rows, dtype=torch.long, device=device)
 
-        def token_piece(token_id: int) -> tuple[torch.Tensor, torch.Tensor, None]:
-            ids = torch.full((rows, 1), token_id, dtype=torch.long, device=device)
-            return embed_tokens(ids), torch.ones(rows, dtype=torch.long, device=device), None
+        def special(name: str) -> torch.Tensor:
+            return torch.full((rows, 1), self._special_token_id(name), dtype=torch.long, device=device)
 
-        pieces = [token_piece(self._special_token_id("bos_token_id"))]
+        # Each piece: [token ids or None, embeddings or None, length per row, labels or None].
+        pieces: list[list] = [[special("bos_token_id"), None, one_each, None]]
         if audio is not None:
             pieces += [
-                token_piece(self._special_token_id("audio_start_token_id")),
-                (audio.embeddings, audio.counts, None),
-                token_piece(self._special_token_id("audio_end_token_id")),
+                [special("audio_start_token_id"), None, one_each, None],
+                [None, audio.embeddings, audio.counts, None],
+                [special("audio_end_token_id"), None, one_each, None],
             ]
         if video is not None:
             pieces += [
-                token_piece(self._special_token_id("video_start_token_id")),
-                (video.embeddings, video.counts, None),
-                token_piece(self._special_token_id("video_end_token_id")),
+                [special("video_start_token_id"), None, one_each, None],
+                [None, video.embeddings, video.counts, None],
+                [special("video_end_token_id"), None, one_each, None],
             ]
         if input_ids is None:
             if self.config.prompt_token_ids is None:
@@ -867,11 +878,21 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             prompt_lengths = (
                 attention_mask[sample_index].sum(-1) if attention_mask is not None else torch.full_like(sample_index, prompt.shape[1])
             )
-        pieces.append((embed_tokens(prompt), prompt_lengths, None))
+        pieces.append([prompt, None, prompt_lengths, None])
         if labels is not None:
             transcript = labels[sample_index]
-            transcript_lengths = (transcript != IGNORE_INDEX).sum(-1)
-            pieces.append((embed_tokens(transcript.clamp(min=0)), transcript_lengths, transcript))
+            pieces.append([transcript.clamp(min=0), None, (transcript != IGNORE_INDEX).sum(-1), transcript])
+        # One embedding lookup for every token piece: a trainable embedding's backward writes a vocabulary-sized
+        # gradient per lookup.
+        token_ids = [piece[0] for piece in pieces if piece[0] is not None]
+        embedded = torch.split(
+            self.get_input_embeddings()(torch.cat(token_ids, dim=1)), [ids.shape[1] for ids in token_ids], dim=1
+        )
+        token_pieces = iter(embedded)
+        pieces = [
+            (next(token_pieces) if ids is not None else values, piece_lengths, piece_labels)
+            for ids, values, piece_lengths, piece_labels in pieces
+        ]
 
         lengths = torch.stack([piece_lengths for _, piece_lengths, _ in pieces], dim=1)  # (rows, pieces)
         totals = lengths.sum(1)

@@ -46,6 +46,7 @@ from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalG
 from llama_mtsk.configuration_llama_mtsk import DEFAULT_PROMPTS
 from llama_mtsk.hub import save_checkpoint
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from mtsk_train.assemble import add_special_tokens
 
 from .avhubert import (
     DTYPES,
@@ -62,8 +63,6 @@ from .safe_unpickle import load_checkpoint
 
 
 # The authors' tokenizer: a pad token, then the four delimiters, appended in this order (their `ModelModule_LLM`).
-PAD_TOKEN = "<pad>"
-DELIMITER_TOKENS = ["<audio>", "</audio>", "<video>", "</video>"]
 # Their AV-HuBERT LoRA: `self_attn.scaling_lora = 2`, hard-coded in `AVSR_LLMs.__init__`.
 AVHUBERT_LORA_SCALING = 2.0
 COMPRESSIONS = {"stack": "stack", "avg-pooling": "avg_pool", "avg_pool": "avg_pool"}
@@ -188,19 +187,7 @@ def settings_from(cli: Mapping[str, Any], training_args: Mapping[str, Any], moda
 def authors_tokenizer(llm: str) -> tuple[PreTrainedTokenizerBase, dict[str, int]]:
     """The LLM tokenizer with the tokens the authors add, in their order; returns it and the special token ids."""
     tokenizer = AutoTokenizer.from_pretrained(llm)
-    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN, "additional_special_tokens": DELIMITER_TOKENS})
-    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError(f"The tokenizer of {llm} has no BOS/EOS token; the authors' sequence layout needs both")
-    ids = tokenizer.convert_tokens_to_ids
-    return tokenizer, {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": ids(PAD_TOKEN),
-        "audio_start_token_id": ids("<audio>"),
-        "audio_end_token_id": ids("</audio>"),
-        "video_start_token_id": ids("<video>"),
-        "video_end_token_id": ids("</video>"),
-    }
+    return tokenizer, add_special_tokens(tokenizer)
 
 
 @dataclass
