@@ -619,6 +619,10 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
+        if self.config.uses_audio:
+            # In a custom-code model transformers skips modules without parameters of their own, and with them
+            # Whisper's own init of its sinusoidal positions (left N(0, 0.02), a from-scratch encoder barely learns).
+            self.audio_encoder._init_weights(self.audio_encoder)
         # The LLM's own `_init_weights` treats adapters as plain linear layers; give them the configured init.
         for module in self.language_model.modules():
             if isinstance(module, MatryoshkaLoRALinear):

@@ -258,3 +258,13 @@ def test_loaded_models_keep_the_llm_and_frozen_encoders_frozen(tmp_path):
     assert any(name.startswith("video_encoder.") for name in trainable)
     assert not any(name.startswith("audio_encoder.") for name in trainable)
     assert not any(name.startswith("language_model.") and "lora_" not in name for name in trainable)
+
+
+def test_fresh_whisper_encoder_gets_its_sinusoidal_positions():
+    # transformers' init pass skips modules without parameters of their own in custom-code models, which used to
+    # leave a new Whisper encoder with N(0, 0.02) positions instead of sinusoids.
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    model = tiny_model(modality="audio", lora_strategy="ms")
+    positions = model.audio_encoder.embed_positions.weight
+    torch.testing.assert_close(positions, sinusoids(*positions.shape))
