@@ -82,6 +82,7 @@ def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGene
         freeze_audio_encoder=model_args.freeze_audio_encoder,
         freeze_video_encoder=model_args.freeze_video_encoder,
         freeze_language_model=model_args.freeze_language_model,
+        standardize_audio=model_args.standardize_audio,
         **config_fields,
     )
 

@@ -63,6 +63,9 @@ class ModelArguments:
         default=None, metadata={"help": "Default: frozen (LoRA only) when pretrained, trainable when random"}
     )
     prompt: str | None = None
+    standardize_audio: bool = field(
+        default=True, metadata={"help": "Standardise waveforms before Whisper (the authors'); off for random encoders"}
+    )
 
     def __post_init__(self):
         if self.audio_encoder is not None and self.audio_encoder_config is not None:

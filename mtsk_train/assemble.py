@@ -156,12 +156,14 @@ def assemble_model(
     freeze_audio_encoder: bool | None = None,
     freeze_video_encoder: bool | None = None,
     freeze_language_model: bool | None = None,
+    standardize_audio: bool = True,
     **config_kwargs: Any,
 ) -> tuple[LlamaMTSKForConditionalGeneration, LlamaMTSKProcessor]:
     """Builds a new Llama-MTSK and its processor from pretrained parts (see the module docstring).
 
     Parts given as pretrained checkpoints are frozen by default (as in the paper); parts given as a dict of config
-    fields are random and therefore trainable by default. `config_kwargs` are further `LlamaMTSKConfig` fields
+    fields are random and therefore trainable by default. `standardize_audio` is the processor's (see
+    `LlamaMTSKProcessor`). `config_kwargs` are further `LlamaMTSKConfig` fields
     (rates, compression, projector size, LoRA strategy, rank, alpha, init, prompt).
     """
     uses_audio = modality in ("audio", "audiovisual")
@@ -222,7 +224,7 @@ def assemble_model(
     finally:
         hf_logging.set_verbosity(verbosity)
     _check_loading(loading_info, expected_missing=_new_parameter_prefixes(config, state_dict))
-    processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
+    processor = LlamaMTSKProcessor.from_model_config(config, tokenizer, standardize_audio=standardize_audio)
     return model.train(), processor
 
 

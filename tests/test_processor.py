@@ -410,3 +410,19 @@ def test_outputs_feed_the_model_forward_and_generate(tokenizer):
     assert torch.isfinite(single_scale.loss)
     assert generated.shape[0] == 2 and generated.shape[1] <= 4
     assert all(isinstance(text, str) for text in processor.batch_decode(generated))
+
+
+def test_standardisation_can_be_turned_off_and_the_choice_is_saved(tmp_path):
+    config = tiny_config(modality="audio")
+    plain = LlamaMTSKProcessor.from_model_config(config, tiny_tokenizer(), standardize_audio=False)
+    wave = 0.05 * signal(1.0)
+    reference = WhisperFeatureExtractor(feature_size=8, chunk_length=2)(
+        wave, sampling_rate=16000, return_tensors="pt", padding="max_length", max_length=32000
+    )["input_features"]
+    torch.testing.assert_close(plain(audio=wave, sampling_rate=16000)["input_features"], reference)
+    standardized = LlamaMTSKProcessor.from_model_config(config, tiny_tokenizer())
+    assert not torch.allclose(standardized(audio=wave, sampling_rate=16000)["input_features"], reference)
+
+    plain.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert reloaded.standardize_audio is False
