@@ -543,6 +543,7 @@ def generate_corpus(
     for writer in writers.values():
         writer.close()
     _write_dataset_card(out_dir, counts, seed)
+    write_tokenizer(os.path.join(out_dir, "tokenizer"))
 
     seconds = 0.0
     for split in writers:
@@ -557,6 +558,25 @@ def generate_corpus(
 
 
 _WORD_IDS = {word: index + 1 for index, word in enumerate(VOCABULARY)}
+
+
+# Words of the Llama-MTSK prompts ("Transcribe speech and video to text.", ...), lower-cased by the tokenizer.
+PROMPT_WORDS = ("transcribe", "speech", "and", "video", "to", "text", ".")
+
+
+def write_tokenizer(folder: str) -> None:
+    """A word-level tokenizer of the corpus vocabulary and the prompts (lower-casing, whitespace and punctuation
+    splitting, `<unk>`, `<s>`, `</s>`), saved as a transformers tokenizer: the small vocabulary of an LLM trained from
+    scratch on this corpus."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", *dict.fromkeys((*PROMPT_WORDS, *VOCABULARY))]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(folder)
 
 
 def word_token_ids(text: str) -> list[int]:

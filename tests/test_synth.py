@@ -327,3 +327,17 @@ def test_cli(tmp_path, capsys):
     assert "4 clips (4 generated now)" in output and "hours" in output
     labels = sorted(os.listdir(tmp_path / "auto" / "labels"))
     assert labels == ["embedded_test.csv", "embedded_train.csv", "embedded_validation.csv"]
+
+
+def test_corpus_tokenizer_covers_the_vocabulary_and_the_prompts(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mtsk_data.grammar import VOCABULARY
+    from mtsk_data.synth import write_tokenizer
+
+    write_tokenizer(str(tmp_path / "tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    for text in (" ".join(VOCABULARY), "Transcribe speech and video to text.", "Transcribe video to text."):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids).replace(" .", ".") == text.lower()
