@@ -14,14 +14,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig, WhisperModel
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperModel
 
 import train
 from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, save_fairseq_checkpoint
-from mtsk_data.grammar import TEMPLATES
 from mtsk_data.records import load_split
 from mtsk_data.synth import generate_corpus
+from mtsk_train.arguments import parse_arguments
 from mtsk_train.assemble import assemble_model, load_language_model
 from mtsk_train.evaluation import evaluate_scales, write_report
 
@@ -30,28 +29,19 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny_train.yaml"
 
 
-def corpus_vocabulary() -> list[str]:
-    words = set()
-    for template in TEMPLATES:
-        for slot in template:
-            words.update([slot] if isinstance(slot, str) else slot)
-    return sorted(words)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A tiny generated corpus and a tiny word-level LLM saved locally (loading it is instant, unlike the GGUF)."""
+    """A tiny generated corpus and a tiny LLM on the corpus's word-level tokenizer, saved locally (loading it is
+    instant, unlike the GGUF)."""
     root = tmp_path_factory.mktemp("train")
     generate_corpus(str(root / "corpus"), num_train=16, num_validation=4, num_test=6, seed=3, workers=1)
-    vocabulary = ["<unk>", "<s>", "</s>", *corpus_vocabulary()]
-    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(vocabulary)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = AutoTokenizer.from_pretrained(root / "corpus" / "tokenizer")
     torch.manual_seed(0)
     llm = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=len(vocabulary), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
         )
     )
     llm.save_pretrained(root / "llm")
@@ -92,6 +82,17 @@ def test_training_run_writes_checkpoint_report_and_transcribes(workspace, tmp_pa
     # The saved folder is a complete checkpoint: the pipeline transcribed from it, and it reloads.
     reloaded = train.LlamaMTSKForConditionalGeneration.from_pretrained(final)
     assert reloaded.config.scales == [(4, 2), (4, 5), (16, 2), (16, 5)]
+    # The run's record goes into BENCHMARKS.md with its WER table and the pipeline example.
+    assert json.loads((tmp_path / "run" / "run_summary.json").read_text())["wer"] == summary["wer"]
+    benchmark = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run_benchmarks.py"), "--demo", str(tmp_path / "run"),
+         "--results", str(tmp_path / "results.json"), "--report", str(tmp_path / "BENCHMARKS.md")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert benchmark.returncode == 0, benchmark.stderr[-3000:]
+    section = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## The embedded demo" in section and summary["example"]["reference"] in section
+    assert section.count("| (4, 2) |") == 1 and f"| {report[0]['wer']:.1f} |" in section
 
 
 def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path):
@@ -225,3 +226,19 @@ def test_assembling_from_gguf_whisper_and_fairseq_avhubert_keeps_the_llm_text_pa
     assert not any(p.requires_grad for p in model.video_encoder.parameters())
     assert len(processor.tokenizer) == len(tokenizer) + 5 == model.get_input_embeddings().weight.shape[0]
     assert processor.tokenizer.convert_ids_to_tokens(model.config.video_end_token_id) == "</video>"
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_configs_parse_with_the_authors_recipe_underneath(config):
+    model_args, data_args, training_args = parse_arguments([str(config)])
+    assert (training_args.adam_beta1, training_args.adam_beta2, training_args.max_grad_norm) == (0.9, 0.98, 10.0)
+    assert model_args.modality in ("audio", "video", "audiovisual") and data_args.max_frames > 0
+    if config.name == "lrs3_avsr.yaml":  # nothing overridden: the recipe of SPEC.md section 6
+        assert training_args.learning_rate == 1e-3 and training_args.weight_decay == 0.1
+        assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_steps == 0
+        assert (model_args.audio_rates, model_args.video_rates) == ([4, 16], [2, 5])
+
+
+def test_video_only_runs_default_to_the_vsr_learning_rate(workspace, tmp_path):
+    _, _, training_args = parse_arguments(tiny_arguments(workspace, tmp_path, modality="video"))
+    assert training_args.learning_rate == 5e-4
