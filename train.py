@@ -15,6 +15,7 @@ All fields: `python train.py --help`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -41,10 +42,11 @@ from mtsk_train.trainer import MatryoshkaTrainer, StreamingEpochCallback, TimeBu
 logger = logging.getLogger("train")
 
 
-def prepare_corpus(data_args: DataArguments, is_main_process: bool) -> None:
-    """Generates the embedded corpus into `dataset_dir` when asked and not complete yet (main process only)."""
+def prepare_corpus(data_args: DataArguments, is_main_process: bool) -> dict | None:
+    """Generates the embedded corpus into `dataset_dir` when asked and not complete yet (main process only); returns
+    the generation summary (clips, hours, clips generated now, seconds taken)."""
     if not data_args.generate_embedded_corpus or not is_main_process:
-        return
+        return None
     from mtsk_data.synth import generate_corpus
 
     num_train, num_validation, num_test = data_args.corpus_sizes
@@ -55,6 +57,7 @@ def prepare_corpus(data_args: DataArguments, is_main_process: bool) -> None:
         "embedded corpus: %d clips (%.2f h) in %s; %d generated now in %.0f s",
         summary["clips"], summary["hours"], data_args.dataset_dir, summary["generated"], summary["seconds_taken"],
     )
+    return summary
 
 
 def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGeneration, LlamaMTSKProcessor]:
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
     set_seed(training_args.seed)
 
-    prepare_corpus(data_args, training_args.process_index == 0)
+    corpus = prepare_corpus(data_args, training_args.process_index == 0)
     if training_args.world_size > 1:
         torch.distributed.barrier()
     model, processor = build_model(model_args)
@@ -179,7 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
         # CPU there is no SyncBatchNorm): give every process the statistics that process 0 saves.
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    summary = {"train_loss": train_result.training_loss, "steps": trainer.state.global_step}
+    logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {
+        "corpus": corpus,
+        "trainable_parameters": sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad),
+        "steps": trainer.state.global_step,
+        "train_loss": train_result.training_loss,  # the mean over the run
+        "last_logged_loss": logged_losses[-1] if logged_losses else None,
+    }
     averaged = average_last_checkpoints(model, training_args.output_dir, training_args.average_last_checkpoints)
     summary["averaged_checkpoints"] = [folder.name for folder in averaged]
     summary["train_minutes"] = (time.monotonic() - started) / 60
@@ -222,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary["example"] = {"id": example["id"], "reference": example["text"], "transcript": text}
     summary["total_minutes"] = (time.monotonic() - started) / 60
     logger.info("done in %.1f min: %s", summary["total_minutes"], summary)
+    # The run's record (times, WER per scale, the pipeline example) for BENCHMARKS.md: run_benchmarks.py --demo.
+    (Path(training_args.output_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -1,4 +1,4 @@
-"""Renders BENCHMARKS.md from benchmarks/results.json (written by run_benchmarks.py)."""
+"""Renders BENCHMARKS.md from BENCHMARKS.json (written by run_benchmarks.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ TARGETS = {
     "batching": 3.0,  # batch 8 at least 3x the clips/s of one at a time
     "data": 20.0,  # decode + augment at least 20x real time per core
 }
+DEMO_TARGETS = {"minutes": 20.0, "wer_4_2": 15.0, "wer": 40.0}
+# The paper's Table 4 (Llama 3.1-8B, about 10 s of speech): LLM input tokens and TFLOPs per scale.
 PAPER_TABLE = {(4, 2): (257, 3.87), (4, 5): (182, 2.74), (16, 2): (163, 2.46), (16, 5): (88, 1.33)}
 
 
@@ -67,6 +69,51 @@ def _training_table(rows: list[dict[str, Any]], memory: dict[tuple, float] | Non
     return lines
 
 
+def _demo_section(demo: dict[str, Any]) -> list[str]:
+    summary, machine = demo["summary"], demo["machine"]
+    lines = [
+        "## The embedded demo: `python train.py configs/demo.yaml`",
+        "",
+        f"Machine: {machine['device']}; {machine['cpu_cores']} cores; torch {machine['torch']}, transformers "
+        f"{machine['transformers']}.",
+        "",
+    ]
+    corpus = summary.get("corpus")
+    if corpus and corpus["generated"]:
+        lines += [
+            f"Corpus: {corpus['clips']} clips ({corpus['hours']:.2f} h of audio-visual speech) generated in "
+            f"{corpus['seconds_taken']:.0f} s ({3600 * corpus['hours'] / corpus['seconds_taken']:.0f}x real time).",
+        ]
+    total = summary["total_minutes"]
+    lines += [
+        f"Training (`configs/demo.yaml`: every part from scratch, {summary['trainable_parameters'] / 1e6:.1f} M "
+        f"parameters): {summary['steps']} steps, loss {summary['last_logged_loss']:.3f} at the end "
+        f"({summary['train_loss']:.3f} mean over the run); corpus + training {summary['train_minutes']:.1f} min. "
+        f"Whole run (with evaluation, saving and the pipeline example): "
+        f"**{total:.1f} min** (target < 20 min: {_verdict(total < DEMO_TARGETS['minutes'])}).",
+        "",
+        "| scale (audio, video) | WER (%) | errors / words | mean LLM tokens | est. LLM TFLOPs | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in demo["per_scale"]:
+        if row["snr_db"] is not None:
+            continue
+        scale = (row["audio_rate"], row["video_rate"])
+        target = DEMO_TARGETS["wer_4_2"] if scale == (4, 2) else DEMO_TARGETS["wer"]
+        lines.append(
+            f"| {scale} | {row['wer']:.1f} | {row['errors']} / {row['reference_words']} | {row['mean_llm_tokens']:.1f} "
+            f"| {row['mean_llm_tflops']:.6f} | <= {target:g} %: {_verdict(row['wer'] <= target)} |"
+        )
+    example = summary.get("example")
+    if example:
+        lines += [
+            "",
+            f"The pipeline, loaded from the saved folder, on held-out clip {example['id']}: \"{example['transcript']}\" "
+            f"(reference: \"{example['reference']}\").",
+        ]
+    return lines + [""]
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
@@ -77,9 +124,10 @@ def write_report(results: dict[str, Any]) -> str:
         "",
         "Written by `python benchmarks/run_benchmarks.py` (CPU sections; `--quick` for a short run) and, for the GPU",
         "sections, `python benchmarks/run_benchmarks.py --device cuda --output gpu.json` on a GPU machine merged with",
-        "`--merge gpu.json`. Every figure below comes from those runs (`benchmarks/results.json`); comparisons are",
+        "`--merge gpu.json`. Every figure below comes from those runs (`BENCHMARKS.json`); comparisons are",
         "measured back to back in one process and given as ratios. Models have random weights at the stated shapes:",
-        "speed does not depend on the values.",
+        "speed does not depend on the values. The demo section is the record of `python train.py configs/demo.yaml`",
+        "added with `--demo outputs/demo`.",
         "",
     ]
     cpu = results.get("cpu")
@@ -108,7 +156,7 @@ def write_report(results: dict[str, Any]) -> str:
             "MSS it also contains the two adapters (global + scale) that every q/v projection adds, which the bare LLM",
             "does not compute.",
             "",
-            f"### 3. Batching (LLM part: prefill + {32} tokens at (4, 2))",
+            "### 3. Batching (LLM part: prefill + 32 new tokens at (4, 2))",
             "",
             f"Batch of {batching['batch_size']} clips of different lengths, left-padded: "
             f"{batching['batched_clips_per_s']:.2f} clips/s against {batching['one_at_a_time_clips_per_s']:.2f} one at a "
@@ -152,4 +200,6 @@ def write_report(results: dict[str, Any]) -> str:
                 f"{batching['one_at_a_time_clips_per_s']:.1f} one at a time, **{batching['speedup']:.1f}x**.",
                 "",
             ]
+    if "demo" in results:
+        lines += _demo_section(results["demo"])
     return "\n".join(lines) + "\n"

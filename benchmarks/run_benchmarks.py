@@ -1,14 +1,16 @@
 """Llama-MTSK benchmarks: cost per scale, overhead against the bare LLM, batching, the Matryoshka training step
 against the authors' one-pass-per-scale approach, the data pipeline, and (on a GPU) Llama 3.2 shapes in bf16.
 
-    python benchmarks/run_benchmarks.py              # writes benchmarks/results.json and BENCHMARKS.md
+    python benchmarks/run_benchmarks.py              # writes BENCHMARKS.json and BENCHMARKS.md
     python benchmarks/run_benchmarks.py --quick      # fewer repeats, smaller inputs: under 3 minutes on 2 CPU cores
     python benchmarks/run_benchmarks.py --smoke --results /tmp/r.json --report /tmp/B.md   # tiny shapes: tests only
     python benchmarks/run_benchmarks.py --device cuda --output gpu.json   # the GPU sections, on a GPU machine
+    python benchmarks/run_benchmarks.py --merge gpu.json                  # ... added to the report here
+    python benchmarks/run_benchmarks.py --demo outputs/demo               # the record of a finished demo run
 
 Every figure comes from the run that wrote it; each comparison is measured in one process, back to back, and is
-reported as a ratio. results.json keeps one entry per device kind ("cpu", "cuda"), so BENCHMARKS.md shows both
-once both were run; `--report_only` rewrites BENCHMARKS.md from results.json.
+reported as a ratio. BENCHMARKS.json keeps one entry per device kind ("cpu", "cuda"), so BENCHMARKS.md shows both
+once both were run; `--report_only` rewrites BENCHMARKS.md from BENCHMARKS.json.
 """
 
 from __future__ import annotations
@@ -39,11 +41,8 @@ from llama_mtsk.modeling_llama_mtsk import IGNORE_INDEX
 
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results.json"
+RESULTS = ROOT / "BENCHMARKS.json"
 REPORT = ROOT / "BENCHMARKS.md"
-SCALES = [(4, 2), (4, 5), (16, 2), (16, 5)]
-# The paper's Table 4 (Llama 3.1-8B, about 10 s of speech): LLM input tokens and TFLOPs per scale.
-PAPER_TABLE = {(4, 2): (257, 3.87), (4, 5): (182, 2.74), (16, 2): (163, 2.46), (16, 5): (88, 1.33)}
 NEW_TOKENS = 32
 
 
@@ -502,6 +501,21 @@ def run(device: torch.device, profile: Profile) -> dict[str, Any]:
     return results
 
 
+def demo_record(output_dir: Path) -> dict[str, Any]:
+    """What `python train.py configs/demo.yaml` measured, read from its output folder, with this machine's description
+    (run it on the machine that ran the demo)."""
+    summary_path, report_path = output_dir / "run_summary.json", output_dir / "final" / "eval_report.json"
+    for path in (summary_path, report_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: is {output_dir} the output_dir of a finished train.py run?")
+    return {
+        "machine": machine(torch.device("cpu")),
+        "output_dir": str(output_dir),
+        "summary": json.loads(summary_path.read_text()),
+        "per_scale": json.loads(report_path.read_text()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_const", const="quick", dest="profile", help="fewer repeats, smaller inputs")
@@ -510,8 +524,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--output", default=None, help="write this run's JSON here (and nothing else), e.g. on a GPU machine")
     parser.add_argument("--merge", default=None, help="merge a JSON written with --output into the results")
+    parser.add_argument(
+        "--demo", default=None, help="add the record of a demo run: its output_dir (run_summary.json, final/eval_report.json)"
+    )
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from the results")
-    parser.add_argument("--results", default=str(RESULTS), help="results JSON (default benchmarks/results.json)")
+    parser.add_argument("--results", default=str(RESULTS), help="results JSON (default BENCHMARKS.json)")
     parser.add_argument("--report", default=str(REPORT), help="report (default BENCHMARKS.md)")
     parser.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -527,6 +544,8 @@ def main() -> None:
     if args.merge is not None:
         merged = json.loads(Path(args.merge).read_text())
         results["cuda" if "shapes" in merged else "cpu"] = merged
+    elif args.demo is not None:
+        results["demo"] = demo_record(Path(args.demo))
     elif not args.report_only:
         device = torch.device(args.device)
         current = run(device, profile)
