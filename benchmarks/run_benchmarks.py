@@ -21,7 +21,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -333,10 +332,22 @@ def memory_probe(approach: str, checkpointing: bool, profile: "Profile") -> None
     model.train()
     if checkpointing:
         model.activation_checkpointing_enable()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()
+    # Building the model peaks higher than a small step: reset the kernel's peak-RSS mark (VmHWM) so that only the
+    # step is measured.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
     APPROACHES[approach](model, inputs, labels).backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"approach": approach, "activation_checkpointing": checkpointing, "peak_rss_increase_gib": (after - before) / 2**20}))
+    increase_gib = (_status_kib("VmHWM") - before) / 2**20
+    print(json.dumps({"approach": approach, "activation_checkpointing": checkpointing, "peak_rss_increase_gib": increase_gib}))
+
+
+def _status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (Linux), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

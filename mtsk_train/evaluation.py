@@ -2,9 +2,10 @@
 
     python -m mtsk_train.evaluation --model outputs/demo/final --data data/embedded --split test
 
-writes `eval_report.json` (one entry per scale and SNR: rates, WER, errors, reference words, mean LLM input tokens,
-estimated LLM TFLOPs), `eval_report.md` (the same as a table) and `wer_vs_tokens.png` (WER against LLM tokens per
-scale, the paper's trade-off picture) into `--output_dir` (default: the model folder).
+writes `eval_report.json` (one entry per scale and SNR: rates, WER as a fraction as jiwer gives it, errors, reference
+words, mean LLM input tokens, estimated LLM TFLOPs), `eval_report.md` (the same as a table, WER in %) and
+`wer_vs_tokens.png` (WER against LLM tokens per scale, the paper's trade-off picture) into `--output_dir` (default: the
+model folder).
 
 WER is corpus-level: total word edits over total reference words (jiwer), on lower-cased whitespace-separated words
 with punctuation removed, as in SPEC.md section 7. LLM compute is estimated as tokens x `model.llm_flops_per_token()`

@@ -92,7 +92,7 @@ def test_training_run_writes_checkpoint_report_and_transcribes(workspace, tmp_pa
     assert benchmark.returncode == 0, benchmark.stderr[-3000:]
     section = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## The embedded demo" in section and summary["example"]["reference"] in section
-    assert section.count("| (4, 2) |") == 1 and f"| {report[0]['wer']:.1f} |" in section
+    assert section.count("| (4, 2) |") == 1 and f"| (4, 2) | {100 * report[0]['wer']:.1f} |" in section
 
 
 def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path):
@@ -231,10 +231,11 @@ def test_assembling_from_gguf_whisper_and_fairseq_avhubert_keeps_the_llm_text_pa
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_shipped_configs_parse_with_the_authors_recipe_underneath(config):
     model_args, data_args, training_args = parse_arguments([str(config)])
-    assert (training_args.adam_beta1, training_args.adam_beta2, training_args.max_grad_norm) == (0.9, 0.98, 10.0)
+    assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.98)
     assert model_args.modality in ("audio", "video", "audiovisual") and data_args.max_frames > 0
     if config.name == "lrs3_avsr.yaml":  # nothing overridden: the recipe of SPEC.md section 6
         assert training_args.learning_rate == 1e-3 and training_args.weight_decay == 0.1
+        assert training_args.max_grad_norm == 10.0
         assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_steps == 0
         assert (model_args.audio_rates, model_args.video_rates) == ([4, 16], [2, 5])
 
