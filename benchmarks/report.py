@@ -199,10 +199,10 @@ def write_report(results: dict[str, Any]) -> str:
         lines += [
             "### 5. The data pipeline (one process, one thread)",
             "",
-            f"{data['clips']} generated clips ({data['audio_seconds']:.0f} s of audio-visual speech): decode (PyAV,",
-            f"soundfile) + augmentation (random crop, time masks, noise) at {data['decode_augment_clips_per_s']:.0f}",
-            f"clips/s = **{data['decode_augment_x_real_time']:.0f}x real time per core** (target >= 20x:",
-            f"{_verdict(data['decode_augment_x_real_time'] >= TARGETS['data'])}); with the processor's Whisper features",
+            f"{data['clips']} generated clips ({data['audio_seconds']:.0f} s of audio-visual speech): decode (PyAV, "
+            f"soundfile) + augmentation (random crop, time masks, noise) at {data['decode_augment_clips_per_s']:.0f} "
+            f"clips/s = **{data['decode_augment_x_real_time']:.0f}x real time per core** (target >= 20x: "
+            f"{_verdict(data['decode_augment_x_real_time'] >= TARGETS['data'])}); with the processor's Whisper features "
             f"and video normalisation too, {data['with_features_clips_per_s']:.0f} clips/s = "
             f"{data['with_features_x_real_time']:.0f}x real time.",
             "",
