@@ -69,6 +69,12 @@ def _training_table(rows: list[dict[str, Any]], memory: dict[tuple, float] | Non
     return lines
 
 
+def _final_loss(summary: dict[str, Any]) -> str:
+    mean = f"{summary['train_loss']:.3f} mean over the run"
+    last = summary["last_logged_loss"]
+    return f"loss {last:.3f} at the end ({mean})" if last is not None else f"loss {mean}"
+
+
 def _demo_section(demo: dict[str, Any]) -> list[str]:
     summary, machine = demo["summary"], demo["machine"]
     lines = [
@@ -87,8 +93,8 @@ def _demo_section(demo: dict[str, Any]) -> list[str]:
     total = summary["total_minutes"]
     lines += [
         f"Training (`configs/demo.yaml`: every part from scratch, {summary['trainable_parameters'] / 1e6:.1f} M "
-        f"parameters): {summary['steps']} steps, loss {summary['last_logged_loss']:.3f} at the end "
-        f"({summary['train_loss']:.3f} mean over the run); corpus + training {summary['train_minutes']:.1f} min. "
+        f"parameters): {summary['steps']} steps, {_final_loss(summary)}; corpus + training "
+        f"{summary['train_minutes']:.1f} min. "
         f"Whole run (with evaluation, saving and the pipeline example): "
         f"**{total:.1f} min** (target < 20 min: {_verdict(total < DEMO_TARGETS['minutes'])}).",
         "",

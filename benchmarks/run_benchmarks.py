@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
+import yaml
 from transformers import GenerationMixin, LlamaConfig, WhisperConfig
 
 from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
@@ -367,7 +368,7 @@ def data_pipeline(profile: "Profile") -> dict[str, Any]:
     records = [make_utterance_record(plan) for plan in plan_corpus(profile.data_clips, 0, 0, seed=11)]
     tokenizer = load_tokenizer("smollm2")
     add_special_tokens(tokenizer)
-    config = build_model(smollm2_shape(1), DEMO_ENCODERS, lora_strategy="none").config
+    config = build_model(smollm2_shape(1), demo_encoders(), lora_strategy="none").config
     processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
     noise = NoiseSource(np.random.default_rng(0).standard_normal(16000 * 30).astype(np.float32) * 0.1, name="white")
     collator = MTSKCollator(processor, training=True, augmentation=AugmentationConfig(), noise=noise)
@@ -397,14 +398,13 @@ def data_pipeline(profile: "Profile") -> dict[str, Any]:
 # The run and the report
 # ---------------------------------------------------------------------------------------------------------------------
 
-# The demo's encoders (32x32 crops, a 4 s Whisper window): what the data pipeline prepares inputs for.
-DEMO_ENCODERS = {
-    "audio": dict(d_model=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, num_mel_bins=80,
-                  max_source_positions=200),
-    "video": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=8, frontend_channels=8,
-                  resnet_channels=[8, 16, 16, 32], image_size=32, roi_size=36),
-}
+def demo_encoders() -> dict[str, dict[str, Any]]:
+    """The demo's encoder shapes (32x32 crops, a 4 s Whisper window), read from configs/demo.yaml: what the data
+    pipeline section prepares inputs for."""
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    return {"audio": demo["audio_encoder_config"], "video": demo["video_encoder_config"]}
+
+
 TINY_ENCODERS = {
     "audio": dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
                   max_source_positions=1500),
