@@ -62,7 +62,6 @@ from .avhubert import (
 from .safe_unpickle import load_checkpoint
 
 
-# The authors' tokenizer: a pad token, then the four delimiters, appended in this order (their `ModelModule_LLM`).
 # Their AV-HuBERT LoRA: `self_attn.scaling_lora = 2`, hard-coded in `AVSR_LLMs.__init__`.
 AVHUBERT_LORA_SCALING = 2.0
 COMPRESSIONS = {"stack": "stack", "avg-pooling": "avg_pool", "avg_pool": "avg_pool"}
@@ -185,7 +184,8 @@ def settings_from(cli: Mapping[str, Any], training_args: Mapping[str, Any], moda
 
 
 def authors_tokenizer(llm: str) -> tuple[PreTrainedTokenizerBase, dict[str, int]]:
-    """The LLM tokenizer with the tokens the authors add, in their order; returns it and the special token ids."""
+    """The LLM tokenizer with the tokens the authors add (a pad token, then the four delimiters, in their
+    `ModelModule_LLM`'s order, which `add_special_tokens` keeps); returns it and the special token ids."""
     tokenizer = AutoTokenizer.from_pretrained(llm)
     return tokenizer, add_special_tokens(tokenizer)
 
