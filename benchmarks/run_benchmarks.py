@@ -227,7 +227,7 @@ def overhead_against_bare_llm(models: dict[str, Any], device, dtype, repeats: in
         embeds, mask, _ = model.build_inputs_embeds(**inputs, scale_index=scale_index, padding_side="left")
         ours = timed(lambda: model.generate(**inputs, scale=(4, 2), **generation_options(model)), device, repeats)
         encoding = timed(lambda: model.build_inputs_embeds(**inputs, scale_index=scale_index, padding_side="left"), device, repeats)
-        model.lora_routing.clear()  # the bare LLM: no adapter runs
+        # Outside our forward no LoRA route is active: the bare LLM, no adapter runs.
         bare = timed(
             lambda: model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generation_options(model)),
             device,

@@ -8,6 +8,9 @@ Reading order: the AV-HuBERT video encoder, compression and projectors, the Matr
 
 import math
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,22 +378,46 @@ class LlamaMTSKProjector(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class LoRARouting:
-    """Which tokens use which adapters in the current LLM pass, shared by every LoRA layer of the model.
+@dataclass(frozen=True)
+class LoRARoute:
+    """Which inputs of an LLM projection one adapter applies to: every input (`index` None), the batch rows in `index`
+    (one scale per row, as in `generate`), or the positions in `index` of the flattened (batch x sequence) input (one
+    scale per token, as in the packed Matryoshka step)."""
 
-    `tokens[name]` is `None` when every token uses adapter `name`, else a LongTensor of positions in the flattened
-    (batch x sequence) input. The model sets it before each LLM call and leaves it in place, so activation
-    checkpointing's recomputation in the backward pass sees the same routing as the forward pass did.
-    """
+    index: torch.Tensor | None = None
+    per_token: bool = False
 
-    def __init__(self):
-        self.tokens: dict[str, torch.Tensor | None] = {}
-        # What `tokens` was computed from: (the per-row or per-token scale tensor, the sequence length).
-        self.source: tuple[torch.Tensor, int] | None = None
 
-    def clear(self) -> None:
-        """No adapter runs: the LLM computes as the plain model."""
-        self.tokens, self.source = {}, None
+# The adapters of the LLM call in progress, by adapter name. A context variable, so every thread (and asyncio task)
+# sees only the routing of its own call, and outside a call nothing is routed: the LLM computes as the plain model.
+_ACTIVE_LORA_ROUTES: ContextVar[dict[str, LoRARoute] | None] = ContextVar("llama_mtsk_lora_routes", default=None)
+
+
+@contextmanager
+def use_lora_routes(routes: dict[str, LoRARoute] | None) -> Iterator[None]:
+    """Routes every `MatryoshkaLoRALinear` for the LLM calls inside the `with` block, then restores what was before."""
+    token = _ACTIVE_LORA_ROUTES.set(routes)
+    try:
+        yield
+    finally:
+        _ACTIVE_LORA_ROUTES.reset(token)
+
+
+def checkpoint_with_lora_routes(checkpoint_function: Callable) -> Callable:
+    """Wraps an activation-checkpointing function so that the recomputation in the backward pass (which may run on
+    another thread, and always after the forward's `with use_lora_routes(...)` block has closed) sees the routes the
+    forward pass saw."""
+
+    def checkpoint(function: Callable, *args, **kwargs):
+        routes = _ACTIVE_LORA_ROUTES.get()
+
+        def routed_function(*inner_args, **inner_kwargs):
+            with use_lora_routes(routes):
+                return function(*inner_args, **inner_kwargs)
+
+        return checkpoint_function(routed_function, *args, **kwargs)
+
+    return checkpoint
 
 
 class MatryoshkaLoRALinear(nn.Linear):
@@ -398,9 +425,7 @@ class MatryoshkaLoRALinear(nn.Linear):
     each batch row uses the adapters its scale names. Keeps the base `weight`/`bias` keys of the plain projection, so a
     plain LLM checkpoint loads into it unchanged."""
 
-    def __init__(
-        self, base: nn.Linear, adapter_names: list[str], rank: int, scaling: float, routing: LoRARouting
-    ):
+    def __init__(self, base: nn.Linear, adapter_names: list[str], rank: int, scaling: float):
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight = base.weight
         self.bias = base.bias
@@ -408,7 +433,6 @@ class MatryoshkaLoRALinear(nn.Linear):
         self.lora_A = nn.ModuleDict({name: nn.Linear(base.in_features, rank, bias=False, **factory) for name in adapter_names})
         self.lora_B = nn.ModuleDict({name: nn.Linear(rank, base.out_features, bias=False, **factory) for name in adapter_names})
         self.scaling = scaling
-        self.routing = routing
 
     def reset_adapters(self, lora_init: str, std: float = 0.02) -> None:
         """Initialises every adapter that was not loaded from a checkpoint (see `LlamaMTSKConfig.lora_init`)."""
@@ -424,17 +448,21 @@ class MatryoshkaLoRALinear(nn.Linear):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         output = F.linear(hidden_states, self.weight, self.bias)
-        if not self.routing.tokens:
+        routes = _ACTIVE_LORA_ROUTES.get()
+        if not routes:
             return output
-        inputs = hidden_states.reshape(-1, self.in_features)
-        flat_output = output.reshape(-1, self.out_features)
-        for name, tokens in self.routing.tokens.items():
-            if tokens is None:
-                flat_output = flat_output + self.lora_B[name](self.lora_A[name](inputs)) * self.scaling
+        for name, route in routes.items():
+            down, up = self.lora_A[name], self.lora_B[name]
+            if route.index is None:
+                output = output + up(down(hidden_states)) * self.scaling
+            elif route.per_token:
+                inputs = hidden_states.reshape(-1, self.in_features)[route.index]
+                update = (up(down(inputs)) * self.scaling).to(output.dtype)
+                output = output.reshape(-1, self.out_features).index_add(0, route.index, update).view_as(output)
             else:
-                update = self.lora_B[name](self.lora_A[name](inputs[tokens])) * self.scaling
-                flat_output = flat_output.index_add(0, tokens, update.to(flat_output.dtype))
-        return flat_output.view_as(output)
+                update = (up(down(hidden_states[route.index])) * self.scaling).to(output.dtype)
+                output = output.index_add(0, route.index, update)
+        return output
 
 
 def lora_adapter_names(config: LlamaMTSKConfig) -> list[str]:
@@ -563,7 +591,6 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                 {str(rate): self._projector(video_dim, rate, text_hidden) for rate in config.video_rates}
             )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.lora_routing = LoRARouting()
         self._add_lora_adapters()
         self._freeze()
         self.post_init()
@@ -591,7 +618,6 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                         adapter_names,
                         rank=self.config.lora_r,
                         scaling=self.config.lora_alpha / self.config.lora_r,
-                        routing=self.lora_routing,
                     )
                     setattr(parent, child_name, lora)
                     replaced += 1
@@ -688,27 +714,31 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             indices = [scales.index(self.config.normalize_scale(scale))] * batch_size
         return torch.tensor(indices, dtype=torch.long, device=device)
 
-    def _route_lora(self, scale_index: torch.Tensor, sequence_length: int) -> None:
-        """Points every LoRA layer at the adapters of each token's scale for the next LLM pass.
-
-        `scale_index` indexes `config.scales`, per row `(rows,)` or per token `(rows, sequence_length)` (packed rows
-        of several scales); -1 marks filler tokens, which get no scale adapter."""
-        source = self.lora_routing.source
-        if source is not None and source[0] is scale_index and source[1] == sequence_length:
-            return  # the decoding steps of one `generate` call: the routing is already in place
+    def lora_routes_for(self, scale_index: torch.Tensor) -> dict[str, LoRARoute]:
+        """The adapters of each row's (`scale_index` of shape `(rows,)`) or each token's (`(rows, sequence_length)`,
+        packed rows of several scales) scale, as indices into `config.scales`; -1 marks filler tokens, which get no
+        scale adapter. Use with `use_lora_routes(...)` around an LLM call."""
         strategy = self.config.lora_strategy
-        tokens: dict[str, torch.Tensor | None] = {}
+        routes: dict[str, LoRARoute] = {}
         if strategy in ("ms", "mss"):
-            tokens["global"] = None  # filler tokens may use it too: nothing reads their outputs
+            routes["global"] = LoRARoute()  # filler tokens may use it too: nothing reads their outputs
         if strategy in ("ss", "mss"):
-            per_token = scale_index if scale_index.dim() == 2 else scale_index[:, None].expand(-1, sequence_length)
-            per_token = per_token.reshape(-1)
-            present = torch.unique(per_token).tolist()
+            per_token = scale_index.dim() == 2
+            flat = scale_index.reshape(-1)
+            present = torch.unique(flat).tolist()
             for index in (index for index in present if index >= 0):
                 name = self.config.scale_name(self.config.scales[index])
-                tokens[name] = None if len(present) == 1 else torch.nonzero(per_token == index).flatten()
-        self.lora_routing.tokens = tokens
-        self.lora_routing.source = (scale_index, sequence_length)
+                positions = None if len(present) == 1 else torch.nonzero(flat == index).flatten()
+                routes[name] = LoRARoute(positions, per_token)
+        return routes
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = torch.utils.checkpoint.checkpoint, **kwargs
+    ) -> None:
+        # The recomputed LLM layers must see the LoRA routes of the forward pass they recompute.
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=checkpoint_with_lora_routes(gradient_checkpointing_func), **kwargs
+        )
 
     # -- encoders and projection -------------------------------------------------------------------------------------
 
@@ -1031,16 +1061,16 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             tokens = input_ids if input_ids is not None else inputs_embeds
             if scale_index is None:
                 scale_index = self._row_scale_indices(scale, tokens.shape[0], tokens.device)
-            self._route_lora(scale_index, tokens.shape[1])
-            outputs = self.language_model(
-                input_ids=input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                labels=labels,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
+            with use_lora_routes(self.lora_routes_for(scale_index)):
+                outputs = self.language_model(
+                    input_ids=input_ids,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    labels=labels,
+                    logits_to_keep=logits_to_keep,
+                    **kwargs,
+                )
             return LlamaMTSKCausalLMOutput(**outputs)
 
         batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels)
@@ -1057,10 +1087,10 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
             input_ids, attention_mask, labels, scale_index=scale_index,
         )
-        self._route_lora(scale_index, inputs_embeds.shape[1])
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, logits_to_keep=logits_to_keep, **kwargs
-        )
+        with use_lora_routes(self.lora_routes_for(scale_index)):
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, attention_mask=sequence_mask, logits_to_keep=logits_to_keep, **kwargs
+            )
         loss = None
         if sequence_labels is not None:
             if outputs.logits.shape[1] != sequence_labels.shape[1]:
@@ -1089,12 +1119,12 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         inputs_embeds, position_ids, sequence_labels, token_scales = pack_sequences(
             inputs_embeds, sequence_mask, sequence_labels, scale_index
         )
-        self._route_lora(token_scales, inputs_embeds.shape[1])
         # No attention mask: transformers reads the packed layout from the position ids restarting at 0 and keeps
         # every sequence's attention inside its own block.
-        hidden_states = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False, **kwargs
-        ).last_hidden_state
+        with use_lora_routes(self.lora_routes_for(token_scales)):
+            hidden_states = self.language_model.get_decoder()(
+                inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False, **kwargs
+            ).last_hidden_state
         targets = sequence_labels[:, 1:]
         predicted = targets != IGNORE_INDEX
         logits = self.get_output_embeddings()(hidden_states[:, :-1][predicted]).float()
