@@ -465,6 +465,11 @@ class MatryoshkaLoRALinear(nn.Linear):
         return output
 
 
+def _media_device(*media: torch.Tensor | None) -> torch.device:
+    """The device of the first media input given."""
+    return next(tensor for tensor in media if tensor is not None).device
+
+
 def lora_adapter_names(config: LlamaMTSKConfig) -> list[str]:
     """The adapters a strategy defines: MS one global, SS one per scale, MSS both, none nothing."""
     per_scale = [config.scale_name(scale) for scale in config.scales]
@@ -815,12 +820,26 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         tied = self.get_output_embeddings().weight is embedding
         return 2.0 * (parameters - (0 if tied else embedding.numel()))
 
-    def _encode_audio(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None):
-        """Whisper over its whole window, then each sample's output cut to its own length."""
+    def encode_audio(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper over its whole window: the outputs `(batch, frames, d)` and each clip's real length. What
+        `audio_encoder_outputs` / `audio_encoder_outputs_mask` take, so that a frozen encoder's outputs can be computed
+        once and reused for every training epoch."""
         lengths = self.audio_frame_lengths(input_features, input_features_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_audio_encoder):
             features = self.audio_encoder(input_features.to(self.audio_encoder.dtype)).last_hidden_state
         return features, lengths
+
+    def _encoder_output_lengths(self, audio_encoder_outputs_mask: torch.Tensor | None) -> torch.Tensor:
+        """Real frames per sample of precomputed audio encoder outputs (their mask is required: the outputs of
+        different clips are cut to different lengths and zero-padded)."""
+        if audio_encoder_outputs_mask is None:
+            raise ValueError("`audio_encoder_outputs` needs `audio_encoder_outputs_mask` (1 on each clip's real frames)")
+        lengths = audio_encoder_outputs_mask.sum(-1)
+        if bool((lengths == 0).any()):
+            raise ValueError(f"Every clip needs at least one audio encoder frame; frames per sample: {lengths.tolist()}")
+        return lengths
 
     def _encode_video(self, pixel_values_videos: torch.Tensor, pixel_values_videos_mask: torch.Tensor | None):
         lengths = self.video_frame_lengths(pixel_values_videos, pixel_values_videos_mask)
@@ -955,20 +974,24 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         pixel_values_videos: torch.Tensor | None,
         input_ids: torch.Tensor | None,
         labels: torch.Tensor | None,
+        audio_encoder_outputs: torch.Tensor | None = None,
     ) -> int:
         """Checks that the modality's inputs are present and agree on the batch size; returns it."""
-        if self.config.uses_audio and input_features is None:
+        if input_features is not None and audio_encoder_outputs is not None:
+            raise ValueError("Give the audio as `input_features` or as `audio_encoder_outputs`, not both")
+        if self.config.uses_audio and input_features is None and audio_encoder_outputs is None:
             raise ValueError(f"This {self.config.modality} model needs `input_features` (audio) and got none")
         if self.config.uses_video and pixel_values_videos is None:
             raise ValueError(f"This {self.config.modality} model needs `pixel_values_videos` (video) and got none")
-        if not self.config.uses_audio and input_features is not None:
-            raise ValueError(f"This {self.config.modality} model has no audio encoder but got `input_features`")
+        if not self.config.uses_audio and (input_features is not None or audio_encoder_outputs is not None):
+            raise ValueError(f"This {self.config.modality} model has no audio encoder but got audio inputs")
         if not self.config.uses_video and pixel_values_videos is not None:
             raise ValueError(f"This {self.config.modality} model has no video encoder but got `pixel_values_videos`")
         sizes = {
             name: tensor.shape[0]
             for name, tensor in [
                 ("input_features", input_features),
+                ("audio_encoder_outputs", audio_encoder_outputs),
                 ("pixel_values_videos", pixel_values_videos),
                 ("input_ids", input_ids),
                 ("labels", labels),
@@ -991,11 +1014,13 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         scale_index: torch.Tensor | None = None,
         sample_index: torch.Tensor | None = None,
         padding_side: str = "right",
+        audio_encoder_outputs: torch.Tensor | None = None,
+        audio_encoder_outputs_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Encodes the media once and builds the LLM input of every row (row `r` = sample `sample_index[r]` at scale
         `config.scales[scale_index[r]]`). Returns `(inputs_embeds, attention_mask, labels)`."""
-        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels)
-        device = (input_features if input_features is not None else pixel_values_videos).device
+        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels, audio_encoder_outputs)
+        device = _media_device(input_features, audio_encoder_outputs, pixel_values_videos)
         if sample_index is None:
             sample_index = torch.arange(batch_size, device=device)
         if scale_index is None:
@@ -1003,7 +1028,10 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         row_scales = [self.config.scales[index] for index in scale_index.tolist()]
         audio = video = None
         if self.config.uses_audio:
-            features, lengths = self._encode_audio(input_features, input_features_mask)
+            if audio_encoder_outputs is not None:
+                features, lengths = audio_encoder_outputs, self._encoder_output_lengths(audio_encoder_outputs_mask)
+            else:
+                features, lengths = self.encode_audio(input_features, input_features_mask)
             rates = [audio_rate for audio_rate, _ in row_scales]
             audio = self._project(features, lengths, rates, sample_index, self.audio_projectors)
         if self.config.uses_video:
@@ -1025,6 +1053,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         labels: torch.LongTensor | None = None,
         scale: int | tuple | list | None = None,
         scale_index: torch.LongTensor | None = None,
+        audio_encoder_outputs: torch.FloatTensor | None = None,
+        audio_encoder_outputs_mask: torch.Tensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -1050,9 +1080,20 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                 scale per row. Defaults to the finest scale, except in the Matryoshka objective.
             scale_index (`torch.LongTensor` of shape `(batch,)`, *optional*):
                 Per-row index into `config.scales`; `generate` uses it to keep each row's LoRA routing while decoding.
+            audio_encoder_outputs (`torch.FloatTensor` of shape `(batch, frames, d)`, *optional*):
+                The audio encoder's outputs instead of `input_features` (see `encode_audio`), zero-padded, with
+                `audio_encoder_outputs_mask` (`(batch, frames)`, 1 on real frames).
         """
         kwargs.pop("num_items_in_batch", None)
-        has_media = input_features is not None or pixel_values_videos is not None
+        media = {
+            "input_features": input_features,
+            "input_features_mask": input_features_mask,
+            "pixel_values_videos": pixel_values_videos,
+            "pixel_values_videos_mask": pixel_values_videos_mask,
+            "audio_encoder_outputs": audio_encoder_outputs,
+            "audio_encoder_outputs_mask": audio_encoder_outputs_mask,
+        }
+        has_media = any(value is not None for value in (input_features, pixel_values_videos, audio_encoder_outputs))
         if not has_media:
             if input_ids is None and inputs_embeds is None:
                 raise ValueError(
@@ -1073,19 +1114,15 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                 )
             return LlamaMTSKCausalLMOutput(**outputs)
 
-        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels)
-        device = (input_features if input_features is not None else pixel_values_videos).device
+        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels, audio_encoder_outputs)
+        device = _media_device(input_features, audio_encoder_outputs, pixel_values_videos)
         if labels is not None and scale is None and scale_index is None:
-            return self._matryoshka_forward(
-                input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
-                input_ids, attention_mask, labels, **kwargs,
-            )
+            return self._matryoshka_forward(media, input_ids, attention_mask, labels, **kwargs)
 
         if scale_index is None:
             scale_index = self._row_scale_indices(scale, batch_size, device)
         inputs_embeds, sequence_mask, sequence_labels = self.build_inputs_embeds(
-            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
-            input_ids, attention_mask, labels, scale_index=scale_index,
+            **media, input_ids=input_ids, attention_mask=attention_mask, labels=labels, scale_index=scale_index
         )
         with use_lora_routes(self.lora_routes_for(scale_index)):
             outputs = self.language_model(
@@ -1102,8 +1139,11 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
 
     def _matryoshka_forward(
         self,
-        input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
-        input_ids, attention_mask, labels, **kwargs,
+        media: dict[str, torch.Tensor | None],
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        **kwargs,
     ) -> LlamaMTSKCausalLMOutput:
         """Encoders once; every scale's sequence of every sample packed into one batch; one LLM pass; the mean of the
         per-scale token-mean cross-entropies. Only transcript positions go through the LM head."""
@@ -1113,8 +1153,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         scale_index = torch.arange(num_scales, device=device).repeat_interleave(batch_size)
         sample_index = torch.arange(batch_size, device=device).repeat(num_scales)
         inputs_embeds, sequence_mask, sequence_labels = self.build_inputs_embeds(
-            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
-            input_ids, attention_mask, labels, scale_index=scale_index, sample_index=sample_index,
+            **media, input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+            scale_index=scale_index, sample_index=sample_index,
         )
         inputs_embeds, position_ids, sequence_labels, token_scales = pack_sequences(
             inputs_embeds, sequence_mask, sequence_labels, scale_index

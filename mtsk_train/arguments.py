@@ -93,6 +93,20 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "Stream training shards instead of reading them up front"})
     augment: bool = field(default=True, metadata={"help": "Training augmentation (crop, time masks, babble noise)"})
     noise_file: str | None = field(default=None, metadata={"help": "Noise wav/flac; default: babble of the corpus"})
+    extra_train_dirs: list[str] = field(
+        default_factory=list, metadata={"help": "More prepared corpora whose train split joins dataset_dir's"}
+    )
+    extra_train_max_clips: int | None = field(
+        default=None, metadata={"help": "Take at most this many (the first) train clips of each extra_train_dirs corpus"}
+    )
+    max_clip_seconds: float | None = field(
+        default=None, metadata={"help": "Leave out clips longer than this from every split (the count is logged)"}
+    )
+    cache_audio_encoder_outputs: bool = field(
+        default=False,
+        metadata={"help": "Run the frozen audio encoder once over the training set and reuse its outputs every epoch "
+                  "(audio modality, frozen encoder, no augmentation)"},
+    )
     train_snrs_db: list[str] = field(
         default_factory=lambda: ["-5", "0", "5", "10", "15", "20", "clean"],
         metadata={"help": "Babble SNRs (dB) drawn per training utterance; 'clean' = no noise"},
