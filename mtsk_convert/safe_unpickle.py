@@ -11,15 +11,17 @@ only an allow-list (`allowed_globals()`):
 
 - tensor reconstruction: `torch._utils._rebuild_*`, `torch.Size`, dtypes, storages, `torch.device`;
 - plain containers and scalars: `collections.OrderedDict` / `defaultdict` / `Counter`, `set`, `frozenset`, `complex`,
-  `bytearray`, `_codecs.encode` (how protocol 2 stores `bytes`), numpy arrays, scalars and dtypes;
+  `bytearray`, `_codecs.encode` (how protocol 2 stores `bytes`), numpy arrays, scalars and dtypes of numbers, strings
+  and dates (object and structured dtypes are refused: numpy would read pointers and offsets from the file);
 - type references that omegaconf metadata holds as values (`typing.Any`, `dict`, `list`, `int`, ...);
 - the configuration objects of fairseq checkpoints, materialised as inert stand-ins that hold the pickled state and
   run none of the original class's code (omegaconf `DictConfig`, `ListConfig`, value nodes and metadata,
   `argparse.Namespace`, fairseq `Dictionary`, fairseq/AV-HuBERT `*Config` dataclasses).
 
-Anything else raises `UnsafeCheckpointError` naming the class, before the object is built. After loading, the
-stand-ins are turned into plain data (`DictConfig` -> dict, `ListConfig` -> list, `Namespace` -> dict, ...), so
-neither fairseq nor omegaconf is needed, or imported.
+Anything else raises `UnsafeCheckpointError` naming the class, before the object is built. Nothing the pickle asks
+to allocate by size (`bytes(n)`, `bytearray(n)`, a numpy array or scalar) may be larger than the pickle itself: real
+pickles carry their data inline. After loading, the stand-ins are turned into plain data (`DictConfig` -> dict,
+`ListConfig` -> list, `Namespace` -> dict, ...), so neither fairseq nor omegaconf is needed, or imported.
 
 Usage: `load_checkpoint(path)`.
 """
@@ -30,6 +32,7 @@ import _compat_pickle
 import collections
 import functools
 import io
+import math
 import pickle
 import sys
 import typing
@@ -42,7 +45,8 @@ import torch
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The checkpoint names a class or function outside the allow-list; nothing of it was executed."""
+    """The checkpoint asks for something refused here (a class or function outside the allow-list, a numpy dtype that
+    holds or fakes object pointers, an allocation larger than the pickle); nothing of it was executed."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -171,6 +175,101 @@ def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode(encoding)
 
 
+_MULTIARRAY = numpy._core.multiarray if hasattr(numpy, "_core") else numpy.core.multiarray  # numpy >= 2 / 1.x
+
+# numpy kinds whose items are plain bytes: booleans, signed and unsigned integers, floats, complex numbers, byte strings,
+# unicode strings, timedeltas and datetimes.
+_PLAIN_DTYPE_KINDS = "biufcSUmM"
+
+
+def _plain_dtype(value: Any) -> numpy.dtype:
+    """`value` as a numpy dtype whose items are plain bytes, or `UnsafeCheckpointError` naming it.
+
+    A pickled dtype carries its own flags and field offsets, and numpy believes them: an `object` dtype can say it
+    holds no pointers (numpy then takes pointers from the file's raw bytes), a float dtype can say it holds some, a
+    structured dtype can place a field past the end of its items. Each is memory corruption, and a crash when the
+    array is freed. So only unstructured dtypes of the plain kinds pass, with exactly what numpy itself gives them.
+    """
+    dtype = numpy.dtype(value)
+    if dtype.kind not in _PLAIN_DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise UnsafeCheckpointError(
+            f"The checkpoint holds numpy data of dtype {dtype!r} ({dtype.name}). Only numbers, strings and dates are "
+            "accepted: object and structured dtypes hold Python object pointers or field offsets that numpy would "
+            "take from the file unchecked."
+        )
+    canonical = numpy.dtype(dtype.str)
+    if (dtype.flags, dtype.itemsize, dtype.alignment) != (canonical.flags, canonical.itemsize, canonical.alignment):
+        raise UnsafeCheckpointError(
+            f"The checkpoint's numpy dtype {dtype!r} is forged: flags {dtype.flags}, item size {dtype.itemsize}, "
+            f"alignment {dtype.alignment} where numpy's own has {canonical.flags}, {canonical.itemsize}, "
+            f"{canonical.alignment} (a flag can make numpy treat raw bytes as object pointers)."
+        )
+    return dtype
+
+
+def _check_allocation(size: int, max_bytes: int, what: str) -> None:
+    if size > max_bytes:
+        raise UnsafeCheckpointError(
+            f"The checkpoint asks for {what}: {size} bytes from a pickle of {max_bytes} bytes, which cannot hold them"
+        )
+
+
+def _sized_bytes(max_bytes: int, source: Any = b"", *args: Any) -> bytes:
+    """`bytes(...)`, whose integer form `bytes(n)` allocates n zero bytes: never more than the pickle holds."""
+    if isinstance(source, int):
+        _check_allocation(source, max_bytes, f"`bytes({source})`")
+    return bytes(source, *args)
+
+
+def _sized_bytearray(max_bytes: int, source: Any = b"", *args: Any) -> bytearray:
+    """`bytearray(...)`, whose integer form `bytearray(n)` allocates n zero bytes: never more than the pickle holds."""
+    if isinstance(source, int):
+        _check_allocation(source, max_bytes, f"`bytearray({source})`")
+    return bytearray(source, *args)
+
+
+class _CheckedArray(numpy.ndarray):
+    """What `numpy.ndarray` resolves to. numpy pickles an array as `_reconstruct(ndarray, (0,), dtype)` (an empty
+    array) followed by BUILD with `(version, shape, dtype, is_fortran, raw_bytes)`: BUILD's dtype is checked here
+    before numpy reads the bytes. `to_plain_data` turns these back into plain arrays."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        raise UnsafeCheckpointError(
+            "The checkpoint calls `numpy.ndarray(...)`, which numpy's own pickles never do: it would lay a dtype the "
+            "file chose over uninitialised memory or a buffer the file chose"
+        )
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UnsafeCheckpointError(
+                f"numpy array state is a {type(state).__name__}, expected ([version,] shape, dtype, is_fortran, data)"
+            )
+        _plain_dtype(state[-3])  # the dtype sits third from the end in both layouts
+        super().__setstate__(state)
+
+
+def _reconstruct_array(max_bytes: int, subtype: Any, shape: Any, dtype: Any) -> numpy.ndarray:
+    """numpy's `_reconstruct(ndarray, shape, dtype)`: an uninitialised array (numpy's pickles ask for shape (0,))."""
+    if subtype is not _CheckedArray:
+        raise UnsafeCheckpointError(f"numpy `_reconstruct` asked for a {subtype!r}, expected numpy.ndarray")
+    if not isinstance(shape, tuple) or not all(isinstance(length, int) and length >= 0 for length in shape):
+        raise UnsafeCheckpointError(f"numpy `_reconstruct` shape {shape!r} is not a tuple of sizes")
+    dtype = _plain_dtype(dtype)
+    _check_allocation(math.prod(shape) * dtype.itemsize, max_bytes, f"a numpy array of shape {shape} and {dtype}")
+    return _MULTIARRAY._reconstruct(_CheckedArray, shape, dtype)
+
+
+def _numpy_scalar(max_bytes: int, dtype: Any, *data: Any) -> numpy.generic:
+    """numpy's `scalar(dtype, raw_bytes)`; without bytes it allocates a zeroed item of the dtype's size."""
+    dtype = _plain_dtype(dtype)
+    _check_allocation(dtype.itemsize, max_bytes, f"a numpy scalar of {dtype}")
+    return _MULTIARRAY.scalar(dtype, *data)
+
+
+# The allowed constructors that allocate what their arguments ask for; `Unpickler` binds them to the pickle's size.
+_SIZE_BOUNDED = (_sized_bytes, _sized_bytearray, _reconstruct_array, _numpy_scalar)
+
+
 @functools.cache
 def allowed_globals() -> dict[str, Any]:
     """Every `module.name` a checkpoint may reference, and what it resolves to (config objects are added by rule,
@@ -191,13 +290,14 @@ def allowed_globals() -> dict[str, Any]:
         "builtins.set": set,
         "builtins.frozenset": frozenset,
         "builtins.complex": complex,
-        "builtins.bytearray": bytearray,
+        "builtins.bytearray": _sized_bytearray,
         "builtins.slice": slice,
         "_codecs.encode": _codecs_encode,
-        "numpy.ndarray": numpy.ndarray,
+        "numpy.ndarray": _CheckedArray,
         "numpy.dtype": numpy.dtype,
         # Type references stored as values in omegaconf metadata (`ref_type`, `object_type`, `key_type`, ...).
-        **{f"builtins.{kind.__name__}": kind for kind in (dict, list, tuple, str, int, float, bool, bytes)},
+        **{f"builtins.{kind.__name__}": kind for kind in (dict, list, tuple, str, int, float, bool)},
+        "builtins.bytes": _sized_bytes,
         **{f"typing.{name}": getattr(typing, name) for name in ("Any", "Dict", "List", "Tuple")},
     }
     for name in (
@@ -214,10 +314,9 @@ def allowed_globals() -> dict[str, Any]:
         if isinstance(getattr(torch, name, None), torch.dtype):
             table[f"torch.{name}"] = getattr(torch, name)
     # numpy >= 2 pickles `numpy._core.multiarray`, numpy 1.x `numpy.core.multiarray`: accept both spellings.
-    multiarray = numpy._core.multiarray if hasattr(numpy, "_core") else numpy.core.multiarray
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[f"{module}._reconstruct"] = multiarray._reconstruct
-        table[f"{module}.scalar"] = multiarray.scalar
+        table[f"{module}._reconstruct"] = _reconstruct_array
+        table[f"{module}.scalar"] = _numpy_scalar
     return table
 
 
@@ -241,10 +340,20 @@ def resolve_global(module: str, name: str) -> Any:
 
 
 class Unpickler(pickle.Unpickler):
-    """A `pickle.Unpickler` that resolves globals only through the allow-list (see the module docstring)."""
+    """A `pickle.Unpickler` that resolves globals only through the allow-list, and lets nothing allocate more bytes
+    than are left in `file` (see the module docstring)."""
+
+    def __init__(self, file: io.IOBase, **kwargs: Any):
+        super().__init__(file, **kwargs)
+        position = file.tell()
+        self.max_bytes = file.seek(0, io.SEEK_END) - position
+        file.seek(position)
 
     def find_class(self, module: str, name: str) -> Any:
-        return resolve_global(module, name)
+        resolved = resolve_global(module, name)
+        if resolved in _SIZE_BOUNDED:
+            return functools.partial(resolved, self.max_bytes)
+        return resolved
 
 
 def load(file: io.IOBase, **kwargs: Any) -> Any:
@@ -260,12 +369,17 @@ def load(file: io.IOBase, **kwargs: Any) -> Any:
 def to_plain_data(value: Any) -> Any:
     """Replaces the inert stand-ins in a loaded checkpoint by plain data: `DictConfig` -> dict, `ListConfig` -> list,
     value nodes -> their value, `Namespace` / `Dictionary` / config dataclasses -> dict of their attributes.
-    Tensors, arrays and scalars are kept as they are."""
+    Tensors and scalars are kept as they are, arrays become plain `numpy.ndarray`s. An object referenced several
+    times is converted once (a pickle shares objects: a small file can nest 2**40 references to one tuple)."""
     memo: dict[int, Any] = {}
 
     def convert(item: Any) -> Any:
         if id(item) in memo:
             return memo[id(item)]
+        if isinstance(item, _CheckedArray):
+            return item.view(numpy.ndarray)
+        if isinstance(item, numpy.dtype):  # a dtype kept as a value could still be forged
+            return _plain_dtype(item)
         if isinstance(item, InertObject):
             memo[id(item)] = None  # a reference cycle through a config object resolves to None
             memo[id(item)] = result = item.to_data(convert)
@@ -282,7 +396,8 @@ def to_plain_data(value: Any) -> Any:
             result.extend(convert(element) for element in item)
             return result
         if type(item) is tuple:
-            return tuple(convert(element) for element in item)
+            memo[id(item)] = result = tuple(convert(element) for element in item)
+            return result
         return item
 
     return convert(value)
@@ -301,24 +416,29 @@ def load_checkpoint(path: str | Path) -> Any:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        UnsafeCheckpointError: the file references a class or function outside the allow-list, or is a TorchScript
-            archive; the message names it.
+        IsADirectoryError: `path` is a folder.
+        UnsafeCheckpointError: the file references a class or function outside the allow-list, holds numpy data of an
+            object or structured dtype, asks for more memory than it holds, or is a TorchScript archive; the message
+            names the file and what was refused.
+        ValueError: the file is not a readable checkpoint (truncated, corrupt, malformed); the message names it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"Checkpoint {path} is a folder; give the checkpoint file in it (.pt, .ckpt, .pth)")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist")
-    is_zip = zipfile.is_zipfile(path)
-    if is_zip and _is_torchscript_archive(path):
-        raise UnsafeCheckpointError(f"{path} is a TorchScript archive, not a checkpoint of tensors; refusing to load it")
     try:
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip and _is_torchscript_archive(path):
+            raise UnsafeCheckpointError("a TorchScript archive, not a checkpoint of tensors; refusing to load it")
         checkpoint = torch.load(
             path, map_location="cpu", pickle_module=sys.modules[__name__], weights_only=False, mmap=is_zip
         )
+        return to_plain_data(checkpoint)
     except UnsafeCheckpointError as error:
         raise UnsafeCheckpointError(f"{path}: {error}") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    return to_plain_data(checkpoint)
+    except Exception as error:  # whatever a malformed file makes fail (EOFError, TypeError, RecursionError, ...)
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {type(error).__name__}: {error}") from error
 
 
 __all__ = ["InertObject", "UnsafeCheckpointError", "Unpickler", "allowed_globals", "load", "load_checkpoint", "to_plain_data"]
