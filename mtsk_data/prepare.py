@@ -19,7 +19,8 @@ idempotent: records already in finished shards are not recomputed, a half-writte
 and clips listed as skipped by an earlier run are not retried unless ``--retry-skipped`` is given. Clips are written
 in a fixed order, so an interrupted and resumed run gives the same shards, byte for byte, as one clean run. Corrupt
 or unreadable files never stop a run; they are listed with the reason. Paths from list or label files that lead
-outside the corpus root are refused.
+outside the corpus root are refused, and so are transcript and audio files beside a clip that are symlinks pointing
+out of it.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def _lrs_clip(root: str, relative: str, split: str, max_frames: int, always_numb
     path = safe_join(root, relative)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found")
-    transcript = _read_transcript(path[: -len(".mp4")] + ".txt")
+    transcript = _read_transcript(safe_join(root, relative[: -len(".mp4")] + ".txt"))
     clip_id = relative[: -len(".mp4")].replace(os.sep, "/")
     segments = plan_segments(clip_id, transcript, max_frames, always_number)
     speaker = clip_id.split("/")[-2]
@@ -380,7 +381,7 @@ def plan_auto_avsr(root: str, labels: str, split: str) -> Planned:
             text = clean_text(fields[4])
         else:
             parts = relative.split("/")
-            candidates = [os.path.splitext(path)[0] + ".txt"]
+            candidates = [safe_join(root, os.path.join(dataset, os.path.splitext(relative)[0] + ".txt"))]
             if re.fullmatch(r".+_video_seg\d+s", parts[0]):
                 parallel = "/".join([parts[0].replace("_video_seg", "_text_seg")] + parts[1:])
                 candidates.insert(0, safe_join(root, os.path.join(dataset, os.path.splitext(parallel)[0] + ".txt")))
@@ -396,7 +397,7 @@ def plan_auto_avsr(root: str, labels: str, split: str) -> Planned:
         if re.fullmatch(r".+_video_seg\d+s", parts[0]) and len(parts) > 1:
             parts = parts[1:]
         speaker = parts[-2] if len(parts) >= 2 else dataset
-        audio_path = os.path.splitext(path)[0] + ".wav"
+        audio_path = safe_join(root, os.path.join(dataset, os.path.splitext(relative)[0] + ".wav"))
         return Clip(
             os.path.join(dataset, relative), path, split, speaker, (Segment("/".join(parts), text),), 0,
             audio_path=audio_path if os.path.isfile(audio_path) else "",

@@ -328,6 +328,44 @@ def test_lrs3_symlink_out_of_the_root_is_refused(tmp_path):
     assert clips == [] and len(skipped) == 1 and "symlink" in skipped[0][1]
 
 
+def test_lrs3_transcript_symlinked_out_of_the_root_is_refused_not_read(tmp_path):
+    root = tmp_path / "lrs3"
+    (root / "test" / "spk").mkdir(parents=True)
+    (root / "test" / "spk" / "00001.mp4").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_text("Text:  THE SECRET\n")
+    (root / "test" / "spk" / "00001.txt").symlink_to(tmp_path / "secret.txt")
+    clips, skipped = plan_lrs3(str(root), MAX_TRAIN, MAX_TEST)
+    assert clips == [] and [name for name, _ in skipped] == ["test/spk/00001.mp4"]
+    assert "refused 'test/spk/00001.txt': it resolves (through a symlink) outside" in skipped[0][1]
+
+
+@pytest.mark.parametrize("linked", ["transcript beside the video", "transcript in the text tree", "audio"])
+def test_auto_avsr_file_symlinked_out_of_the_root_is_refused_not_read(tmp_path, linked):
+    root = tmp_path / "auto"
+    video = root / "lrs3" / "lrs3_video_seg16s" / "test" / "spk" / "00001.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"x")
+    (tmp_path / "secret").write_text("THE SECRET")
+    labels = tmp_path / "labels.csv"
+    if linked == "audio":
+        video.with_suffix(".wav").symlink_to(tmp_path / "secret")
+        labels.write_text("lrs3,lrs3_video_seg16s/test/spk/00001.mp4,42,1 2,hello there\n")
+        refused = "lrs3_video_seg16s/test/spk/00001.wav"
+    elif linked == "transcript beside the video":
+        video.with_suffix(".txt").symlink_to(tmp_path / "secret")
+        labels.write_text("lrs3,lrs3_video_seg16s/test/spk/00001.mp4,42,1 2\n")
+        refused = "lrs3_video_seg16s/test/spk/00001.txt"
+    else:
+        text = root / "lrs3" / "lrs3_text_seg16s" / "test" / "spk" / "00001.txt"
+        text.parent.mkdir(parents=True)
+        text.symlink_to(tmp_path / "secret")
+        labels.write_text("lrs3,lrs3_video_seg16s/test/spk/00001.mp4,42,1 2\n")
+        refused = "lrs3_text_seg16s/test/spk/00001.txt"
+    clips, skipped = plan_auto_avsr(str(root), str(labels), "test")
+    assert clips == [] and len(skipped) == 1
+    assert f"refused 'lrs3/{refused}': it resolves (through a symlink) outside" in skipped[0][1]
+
+
 def test_every_command_has_help(capsys):
     for corpus in ("lrs3", "lrs2", "voxceleb2", "auto_avsr"):
         with pytest.raises(SystemExit) as exit_info:
