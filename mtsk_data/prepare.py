@@ -1,4 +1,4 @@
-"""Prepare LRS3, LRS2, VoxCeleb2 or an auto_avsr-preprocessed corpus as sharded Hugging Face datasets.
+"""Prepare LRS3, LRS2, VoxCeleb2, an auto_avsr-preprocessed corpus or audio-only speech as sharded HF datasets.
 
 One command per corpus, each reading the corpus's official layout::
 
@@ -6,12 +6,21 @@ One command per corpus, each reading the corpus's official layout::
     python -m mtsk_data.prepare lrs2 --root LRS2 --out data/lrs2
     python -m mtsk_data.prepare voxceleb2 --root VoxCeleb2 --transcripts vox2_text.csv --out data/vox2
     python -m mtsk_data.prepare auto_avsr --root preprocessed --labels labels/lrs3_test.csv --split test --out data/lrs3
+    python -m mtsk_data.prepare audio_csv --csv my_speech.csv --out data/my_speech
+    python -m mtsk_data.prepare asterisk --out data/asterisk
 
 Every clip becomes one or more records of the shared schema (:mod:`mtsk_data.records`): 16 kHz mono audio, a 96x96
 mouth ROI at 25 fps cropped by :class:`llama_mtsk.mouth_roi.MouthROIExtractor`, and the transcript lower-cased without
 punctuation. Clips longer than ``--max-train-seconds`` (16) or, in the test split, ``--max-test-seconds`` (24) are cut
 into segments at word boundaries when the transcript has word timings (LRS2/LRS3 ``WORD START END ASDSCORE`` tables);
 without timings such a clip is skipped, with its reason.
+
+The two audio-only commands write records without video (a null ``video`` column, ``n_frames`` 0), which is what the
+audio (ASR) modality trains on. ``audio_csv`` imports any audio files that soundfile or PyAV decode (WAV, FLAC, MP3,
+Ogg, G.722, the audio track of an mp4, ...), listed in a CSV with the header ``path,text[,split,speaker]``; the paths
+are relative to the CSV's folder or absolute, since the CSV is the user's own. ``asterisk`` fetches and prepares the
+Asterisk prompts read by one speaker (:mod:`mtsk_data.asterisk`; CC-BY-SA-3.0, a ``LICENSE`` file is written beside
+the shards), split by prompt text so that no test sentence is heard in training. Audio shorter than 0.1 s is skipped.
 
 The output is ``<out>/data/<split>-NNNNN.parquet`` (streamable with ``datasets.load_dataset("parquet", ...,
 streaming=True)``, see :func:`mtsk_data.records.load_split`) plus ``<out>/skipped.tsv``. A run is resumable and
@@ -35,6 +44,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import av
 import numpy as np
@@ -43,7 +53,8 @@ import soundfile
 from tqdm.auto import tqdm
 
 from llama_mtsk.mouth_roi import MouthROIExtractor
-from llama_mtsk.processing_llama_mtsk import load_audio, load_audiovisual
+from llama_mtsk.processing_llama_mtsk import SUPPORTED_EXTENSIONS, load_audio, load_audiovisual, prepare_audio
+from mtsk_data import asterisk
 from mtsk_data.records import (
     FPS,
     SAMPLE_RATE,
@@ -59,6 +70,8 @@ from mtsk_data.records import (
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 SKIPPED_FILE = "skipped.tsv"
+# Shorter than any spoken word: such a file is empty or cut, not an utterance.
+MIN_AUDIO_SECONDS = 0.1
 WORD_TABLE_HEADER = ("WORD", "START", "END", "ASDSCORE")
 # Non-speech annotations in LRS2/LRS3 transcripts, e.g. "{LG}" (laughter) or "{NS}" (noise).
 _ANNOTATION = re.compile(r"\{[^}]*\}")
@@ -203,13 +216,16 @@ class Clip:
 
     Attributes:
         name: the file's path relative to the corpus root (how skipped clips are listed).
-        path: the media file: a talking-face video, or, with ``audio_path`` set, an already cropped mouth ROI video.
+        path: the media file, of the kind ``media`` names.
         split: train / validation / test.
         speaker: speaker id stored in every record.
         segments: the records to write.
         max_frames: the longest record allowed; a whole-clip segment longer than this is trimmed when
             ``trim_to_max`` (the words end before it), else the clip is skipped. Not used for ROI videos.
-        audio_path: for ROI videos (auto_avsr layout), the WAV beside the video ("" = take the mp4's audio track).
+        trim_to_max: see ``max_frames``.
+        media: ``"face"`` (a talking-face video, cropped here), ``"roi"`` (an already cropped mouth ROI video, the
+            auto_avsr layout) or ``"audio"`` (an audio file: an audio-only record, one segment).
+        audio_path: for ROI videos, the WAV beside the video ("" = take the mp4's audio track).
     """
 
     name: str
@@ -219,7 +235,8 @@ class Clip:
     segments: tuple[Segment, ...]
     max_frames: int
     trim_to_max: bool = False
-    audio_path: str | None = None
+    media: Literal["face", "roi", "audio"] = "face"
+    audio_path: str = ""
 
 
 def safe_join(root: str, relative: str) -> str:
@@ -400,11 +417,81 @@ def plan_auto_avsr(root: str, labels: str, split: str) -> Planned:
         audio_path = safe_join(root, os.path.join(dataset, os.path.splitext(relative)[0] + ".wav"))
         return Clip(
             os.path.join(dataset, relative), path, split, speaker, (Segment("/".join(parts), text),), 0,
-            audio_path=audio_path if os.path.isfile(audio_path) else "",
+            media="roi", audio_path=audio_path if os.path.isfile(audio_path) else "",
         )
 
     numbered = enumerate(rows, start=1)
     return _plan((f"{labels}:{number}", functools.partial(make, number, line)) for number, line in numbered)
+
+
+def plan_audio_csv(csv_path: str, split: str, speaker: str, max_train_frames: int, max_test_frames: int) -> Planned:
+    """Audio files listed in a CSV with the header ``path,text[,split,speaker]``: ``path`` relative to the CSV's
+    folder or absolute; rows without a ``split`` go to ``split``, without a ``speaker`` to ``speaker``. The record id
+    is the path as written, without its extension."""
+    rows = _read_csv(csv_path, ("path", "text"))
+    folder = os.path.dirname(os.path.abspath(csv_path))
+
+    def make(row: dict[str, str]) -> Clip:
+        written = (row["path"] or "").strip()
+        if not written:
+            raise ValueError("the path is empty")
+        path = os.path.join(folder, written)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found")
+        row_split = (row.get("split") or split).strip()
+        if row_split not in SPLITS:
+            raise ValueError(f"split {row_split!r}: expected one of {', '.join(SPLITS)}")
+        text = clean_text(row["text"] or "")
+        if not text:
+            raise TranscriptError(f"{written}: the transcript is empty")
+        clip_id = os.path.splitext(os.path.normpath(written))[0].replace(os.sep, "/").lstrip("/")
+        max_frames = max_test_frames if row_split == "test" else max_train_frames
+        row_speaker = (row.get("speaker") or speaker).strip()
+        return Clip(written, path, row_split, row_speaker, (Segment(clip_id, text),), max_frames, media="audio")
+
+    names = [(row["path"] or "").strip() or f"{csv_path}:{line}" for line, row in enumerate(rows, start=2)]  # 1: header
+    return _plan((name, functools.partial(make, row)) for name, row in zip(names, rows))
+
+
+def plan_asterisk(root: str, seed: int, max_train_frames: int, max_test_frames: int) -> Planned:
+    """The Asterisk prompts (:mod:`mtsk_data.asterisk`) in ``root``, the folder the two Debian packages were unpacked
+    into (``/`` where they are installed): each ``<name>.g722`` under ``asterisk.SOUNDS_DIR`` paired with the line
+    ``<name>: text`` of ``asterisk.TRANSCRIPTS_FILE``, split by text with :func:`asterisk.split_by_text`. Audio without
+    a transcript, transcripts without audio and transcripts that only describe a sound are skipped, with the reason.
+    The record id is the prompt's name (``digits/7``)."""
+    sounds = safe_join(root, asterisk.SOUNDS_DIR)
+    if not os.path.isdir(sounds):
+        raise FileNotFoundError(f"asterisk: no {asterisk.SOUNDS_DIR} under {root} (from {asterisk.PACKAGES[0]})")
+    transcripts_path = safe_join(root, asterisk.TRANSCRIPTS_FILE)
+    if not os.path.isfile(transcripts_path):
+        raise FileNotFoundError(f"asterisk: no {asterisk.TRANSCRIPTS_FILE} under {root} (from {asterisk.PACKAGES[1]})")
+    transcripts = asterisk.read_transcripts(transcripts_path)
+    audio_names = set()
+    for folder, _, files in os.walk(sounds):
+        for file in files:
+            if file.endswith(asterisk.AUDIO_EXTENSION):
+                relative = os.path.relpath(os.path.join(folder, file), sounds)
+                audio_names.add(relative[: -len(asterisk.AUDIO_EXTENSION)].replace(os.sep, "/"))
+
+    paired, skipped = [], []
+    for name in sorted(audio_names | set(transcripts)):
+        if name not in transcripts:
+            skipped.append((name, f"no transcript: {name!r} is not listed in {asterisk.TRANSCRIPTS_FILE}"))
+        elif name not in audio_names:
+            skipped.append((name, f"no audio: {os.path.join(sounds, name + asterisk.AUDIO_EXTENSION)} not found"))
+        else:
+            try:
+                path = safe_join(sounds, name + asterisk.AUDIO_EXTENSION)
+                paired.append((name, path, asterisk.spoken_text(transcripts[name])))
+            except ValueError as error:
+                skipped.append((name, str(error)))
+    splits = asterisk.split_by_text([text for _, _, text in paired], seed)
+    clips = []
+    for name, path, text in paired:
+        max_frames = max_test_frames if splits[text] == "test" else max_train_frames
+        segments = (Segment(name, text),)
+        clips.append(Clip(name, path, splits[text], asterisk.SPEAKER, segments, max_frames, media="audio"))
+    return clips, skipped
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -412,6 +499,40 @@ def plan_auto_avsr(root: str, labels: str, split: str) -> Planned:
 # --------------------------------------------------------------------------------------------------------------------
 
 _EXTRACTOR: MouthROIExtractor | None = None
+
+
+def read_audio_file(path: str) -> np.ndarray:
+    """Any audio file soundfile or PyAV decodes, as 16 kHz mono float32: the processor's :func:`load_audio` for the
+    types it knows, PyAV's own detection for the others (G.722, AIFF, AMR, ...)."""
+    if os.path.splitext(path)[1].lower() in SUPPORTED_EXTENSIONS:
+        return load_audio(path)
+    to_float = av.AudioResampler(format="fltp")  # keeps the rate and channels: soxr resamples, as load_audio does
+    pieces = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError(f"{path} has no audio stream")
+            stream = container.streams.audio[0]
+            rate = stream.rate
+            for frame in container.decode(stream):
+                pieces.extend(converted.to_ndarray().T for converted in to_float.resample(frame))
+    except av.FFmpegError as error:
+        raise ValueError(f"could not read {path} as audio ({error})") from None
+    if not pieces:
+        raise ValueError(f"{path} holds no audio samples")
+    return prepare_audio(np.concatenate(pieces), rate, name=path)
+
+
+def _audio_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
+    """The audio-only record of an audio file."""
+    samples = read_audio_file(clip.path)
+    seconds = samples.size / SAMPLE_RATE
+    if seconds < MIN_AUDIO_SECONDS:
+        raise ValueError(f"the audio lasts {seconds:.3f} s, shorter than {MIN_AUDIO_SECONDS} s")
+    if samples.size > clip.max_frames * SAMPLES_PER_FRAME:
+        raise ValueError(f"the audio lasts {seconds:.2f} s, longer than {clip.max_frames / FPS:g} s")
+    segment = todo[0]
+    return [make_record(segment.id, segment.text, clip.speaker, samples, None)]
 
 
 def _roi_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
@@ -472,8 +593,9 @@ def _face_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
 def process_clip(task: tuple[Clip, tuple[Segment, ...]]) -> tuple[list[dict], str | None]:
     """Records of the given segments of one clip, or ``([], reason)`` when the clip cannot be prepared."""
     clip, todo = task
+    make_records = {"face": _face_records, "roi": _roi_records, "audio": _audio_records}[clip.media]
     try:
-        return (_roi_records if clip.audio_path is not None else _face_records)(clip, todo), None
+        return make_records(clip, todo), None
     except Exception as error:  # a corrupt or unusual file must not stop the run: report it instead
         return [], f"{type(error).__name__}: {error}".replace("\t", " ").replace("\n", " ")
 
@@ -545,6 +667,7 @@ def prepare(
     records_per_shard: int = 500,
     retry_skipped: bool = False,
     progress: bool = True,
+    license: str | None = None,
 ) -> Summary:
     """Prepare planned clips into ``out_dir`` (see the module docstring for resuming and skipping).
 
@@ -555,6 +678,8 @@ def prepare(
         records_per_shard: records per parquet shard.
         retry_skipped: retry clips that an earlier run listed in ``skipped.tsv``.
         progress: show a progress bar.
+        license: the corpus's license id (e.g. ``"cc-by-sa-3.0"``), named in the dataset card, which points to the
+            ``LICENSE`` file the caller writes into ``out_dir``.
     """
     clips, plan_skipped = planned
     os.makedirs(out_dir, exist_ok=True)
@@ -619,25 +744,31 @@ def prepare(
         if durations:
             summary.records_in_output[split] = int(sum(len(d) for d in durations))
             summary.hours_in_output[split] = float(np.concatenate(durations).sum()) / 3600
-    _write_dataset_card(out_dir, summary)
+    audio_only = bool(clips) and all(clip.media == "audio" for clip in clips)
+    _write_dataset_card(out_dir, summary, audio_only, license)
     return summary
 
 
-def _write_dataset_card(out_dir: str, summary: Summary) -> None:
+def _write_dataset_card(out_dir: str, summary: Summary, audio_only: bool, license: str | None) -> None:
     """A README.md whose ``configs`` block names the shards, so ``datasets.load_dataset(out_dir)`` finds the splits
     (and does not mistake ``skipped.tsv`` for data)."""
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    lines = ["---"] + ([f"license: {license}"] if license else []) + ["configs:", "- config_name: default"]
+    lines.append("  data_files:")
     for split in summary.records_in_output:
         lines += [f"  - split: {split}", f"    path: data/{split}-*.parquet"]
-    lines += ["---", "# Prepared audio-visual speech corpus", "", "Made by `python -m mtsk_data.prepare`.", ""]
+    kind = "audio-only" if audio_only else "audio-visual"
+    lines += ["---", f"# Prepared {kind} speech corpus", "", "Made by `python -m mtsk_data.prepare`.", ""]
     for split, records in summary.records_in_output.items():
         lines.append(f"- {split}: {records} records, {summary.hours_in_output[split]:.2f} h")
+    video = "null (audio only), n_frames 0" if audio_only else "mp4 bytes, 96x96 mouth ROI, 25 fps"
     lines += [
         "",
         "Columns: id, text (lower-case, no punctuation), speaker, duration (s), n_frames (25 fps), audio (16 kHz mono",
-        f"16-bit WAV bytes), video (mp4 bytes, 96x96 mouth ROI, 25 fps). Skipped clips and why: `{SKIPPED_FILE}`.",
+        f"16-bit WAV bytes), video ({video}). Skipped clips and why: `{SKIPPED_FILE}`.",
         "",
     ]
+    if license:
+        lines += [f"License: {license} (attribution and terms in `LICENSE`).", ""]
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines))
 
@@ -650,14 +781,15 @@ def _write_dataset_card(out_dir: str, summary: Summary) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mtsk_data.prepare",
-        description="Prepare an audio-visual speech corpus as sharded Hugging Face parquet datasets (16 kHz mono "
-        "audio, 96x96 mouth ROI at 25 fps, lower-cased transcripts). Resumable: rerun the same command to continue.",
+        description="Prepare a speech corpus as sharded Hugging Face parquet datasets (16 kHz mono audio, 96x96 mouth "
+        "ROI at 25 fps unless audio-only, lower-cased transcripts). Resumable: rerun the same command to continue.",
     )
     commands = parser.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
+    def add(name: str, help: str, root: bool = True, length_limits: bool = True) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help, description=help)
-        command.add_argument("--root", required=True, help="the corpus folder")
+        if root:
+            command.add_argument("--root", required=True, help="the corpus folder")
         command.add_argument("--out", required=True, help="the output folder (shards in OUT/data)")
         command.add_argument(
             "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)"
@@ -665,54 +797,96 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--records-per-shard", type=int, default=500, help="records per parquet shard (500)")
         command.add_argument("--retry-skipped", action="store_true", help="retry clips an earlier run skipped")
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if length_limits:
+            command.add_argument(
+                "--max-train-seconds", type=float, default=16.0, help="longest train/validation record (16)"
+            )
+            command.add_argument("--max-test-seconds", type=float, default=24.0, help="longest test record (24)")
         return command
 
-    for name, help in (
-        ("lrs3", "LRS3: ROOT holds pretrain/, trainval/ and test/ with <speaker>/<clip>.mp4 + .txt"),
-        ("lrs2", "LRS2: ROOT holds train.txt, val.txt, test.txt, pretrain.txt and mvlrs_v1/{main,pretrain}"),
-        ("voxceleb2", "VoxCeleb2: ROOT holds dev/mp4/... and test/mp4/...; transcripts from a CSV"),
-    ):
-        command = add(name, help)
-        command.add_argument(
-            "--max-train-seconds", type=float, default=16.0, help="longest train/validation record (16)"
-        )
-        command.add_argument("--max-test-seconds", type=float, default=24.0, help="longest test record (24)")
-        if name == "voxceleb2":
-            command.add_argument(
-                "--transcripts", required=True, help="CSV with the header path,text[,split]; paths relative to ROOT"
-            )
-            command.add_argument("--split", default="train", choices=SPLITS, help="split of the rows without one")
-    command = add("auto_avsr", "auto_avsr-preprocessed mouth ROIs: ROOT/<dataset>/<rel_path>.mp4 + .wav, a label CSV")
+    add("lrs3", "LRS3: ROOT holds pretrain/, trainval/ and test/ with <speaker>/<clip>.mp4 + .txt")
+    add("lrs2", "LRS2: ROOT holds train.txt, val.txt, test.txt, pretrain.txt and mvlrs_v1/{main,pretrain}")
+    command = add("voxceleb2", "VoxCeleb2: ROOT holds dev/mp4/... and test/mp4/...; transcripts from a CSV")
+    command.add_argument(
+        "--transcripts", required=True, help="CSV with the header path,text[,split]; paths relative to ROOT"
+    )
+    command.add_argument("--split", default="train", choices=SPLITS, help="split of the rows without one")
+    command = add(
+        "auto_avsr", "auto_avsr-preprocessed mouth ROIs: ROOT/<dataset>/<rel_path>.mp4 + .wav, a label CSV",
+        length_limits=False,
+    )
     command.add_argument(
         "--labels", required=True, help="label CSV: dataset,rel_path,n_frames,token_ids[,text] (no header)"
     )
     command.add_argument("--split", required=True, choices=SPLITS, help="the split these labels are")
+    command = add("audio_csv", "Audio-only: any audio files listed in a CSV path,text[,split,speaker]", root=False)
+    command.add_argument(
+        "--csv", required=True, help="CSV with the header path,text[,split,speaker]; paths relative to its folder"
+    )
+    command.add_argument("--split", default="train", choices=SPLITS, help="split of the rows without one")
+    command.add_argument("--speaker", default="unknown", help="speaker of the rows without one (unknown)")
+    command = add(
+        "asterisk", "Audio-only: the Asterisk English prompts (one speaker, CC-BY-SA-3.0) from Debian packages, split "
+        "by prompt text", root=False,
+    )
+    source = command.add_mutually_exclusive_group()
+    source.add_argument(
+        "--debs", help=f"a folder holding the .deb files of {' and '.join(asterisk.PACKAGES)} (default: apt-get "
+        "download them into OUT/debian/debs)"
+    )
+    source.add_argument(
+        "--extracted", help="the folder the two packages are already unpacked into (/ where they are installed)"
+    )
+    command.add_argument("--seed", type=int, default=0, help="seed of the split by prompt text (0)")
     return parser
+
+
+def _write_asterisk_license(root: str, out_dir: str) -> None:
+    copyright_path = safe_join(root, asterisk.COPYRIGHT_FILE)
+    copyright_text = None
+    if os.path.isfile(copyright_path):
+        with open(copyright_path, encoding="utf-8") as handle:
+            copyright_text = handle.read()
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "LICENSE"), "w", encoding="utf-8") as handle:
+        handle.write(asterisk.license_notice(copyright_text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    root = os.path.abspath(args.root)
-    if not os.path.isdir(root):
-        print(f"error: --root {args.root} is not a folder", file=sys.stderr)
-        return 2
+    # The longest train/validation and test records, in 25 fps frames (auto_avsr clips come already cut).
+    limits = ()
+    if args.corpus != "auto_avsr":
+        limits = (round(args.max_train_seconds * FPS), round(args.max_test_seconds * FPS))
+    license = None
     try:
-        if args.corpus == "auto_avsr":
-            planned = plan_auto_avsr(root, args.labels, args.split)
+        if args.corpus == "audio_csv":
+            planned = plan_audio_csv(args.csv, args.split, args.speaker, *limits)
+        elif args.corpus == "asterisk":
+            root = args.extracted or asterisk.fetch_packages(os.path.join(args.out, "debian"), args.debs)
+            root = os.path.abspath(root)
+            planned = plan_asterisk(root, args.seed, *limits)
+            _write_asterisk_license(root, args.out)
+            license = asterisk.LICENSE_ID
         else:
-            max_train, max_test = round(args.max_train_seconds * FPS), round(args.max_test_seconds * FPS)
-            if args.corpus == "lrs3":
-                planned = plan_lrs3(root, max_train, max_test)
+            root = os.path.abspath(args.root)
+            if not os.path.isdir(root):
+                print(f"error: --root {args.root} is not a folder", file=sys.stderr)
+                return 2
+            if args.corpus == "auto_avsr":
+                planned = plan_auto_avsr(root, args.labels, args.split)
+            elif args.corpus == "lrs3":
+                planned = plan_lrs3(root, *limits)
             elif args.corpus == "lrs2":
-                planned = plan_lrs2(root, max_train, max_test)
+                planned = plan_lrs2(root, *limits)
             else:
-                planned = plan_voxceleb2(root, args.transcripts, args.split, max_train, max_test)
-    except (OSError, ValueError) as error:
+                planned = plan_voxceleb2(root, args.transcripts, args.split, *limits)
+    except (OSError, ValueError, asterisk.FetchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = prepare(
         planned, args.out, workers=max(1, args.workers), records_per_shard=args.records_per_shard,
-        retry_skipped=args.retry_skipped, progress=not args.no_progress,
+        retry_skipped=args.retry_skipped, progress=not args.no_progress, license=license,
     )
     print(summary.format())
     return 0

@@ -9,9 +9,10 @@ id         string                             unique, stable utterance id
 text       string                             transcript, lower-case, no punctuation (apostrophes inside words kept)
 speaker    string                             speaker id
 duration   float64                            seconds of audio
-n_frames   int64                              video frames at 25 fps
+n_frames   int64                              video frames at 25 fps (0 in an audio-only corpus)
 audio      {"bytes": binary, "path": string}  16 kHz mono 16-bit PCM WAV (``datasets.Audio(decode=False)`` layout)
-video      {"bytes": binary, "path": string}  mp4, 96x96 mouth ROI, 25 fps (``datasets.Video(decode=False)`` layout)
+video      {"bytes": binary, "path": string}  mp4, 96x96 mouth ROI, 25 fps (``datasets.Video(decode=False)`` layout);
+                                              null in an audio-only corpus (the audio modality never reads it)
 ========== ================================== ==================================================================
 
 The ``datasets`` feature types are stored in the parquet schema metadata, so ``datasets.load_dataset("parquet", ...)``
@@ -206,7 +207,7 @@ def make_record(
     text: str,
     speaker: str,
     audio: np.ndarray | bytes,
-    video: np.ndarray | bytes,
+    video: np.ndarray | bytes | None,
     audio_path: str | None = None,
     video_path: str | None = None,
 ) -> dict[str, Any]:
@@ -218,7 +219,8 @@ def make_record(
             that no corpus silently stores a different transcript than its preparer believes.
         speaker: speaker id.
         audio: 16 kHz mono samples (float in [-1, 1] or int16), or the bytes of a 16 kHz mono 16-bit WAV file.
-        video: uint8 frames ``(T, H, W[, 3])`` at 25 fps, or the bytes of a 25 fps mp4 file.
+        video: uint8 frames ``(T, H, W[, 3])`` at 25 fps, the bytes of a 25 fps mp4 file, or None for an audio-only
+            record (stored as a null ``video`` with ``n_frames`` 0).
         audio_path, video_path: the names stored beside the bytes; default ``<id>.wav`` and ``<id>.mp4``.
 
     Returns:
@@ -235,9 +237,13 @@ def make_record(
         raise ValueError(f"make_record({id!r}): speaker must be a non-empty string")
 
     audio_bytes = audio if isinstance(audio, bytes) else encode_wav(audio, SAMPLE_RATE)
-    video_bytes = video if isinstance(video, bytes) else encode_mp4(np.asarray(video), FPS)
     duration = _probe_wav(audio_bytes, f"make_record({id!r}) audio")
-    n_frames = _probe_mp4(video_bytes, f"make_record({id!r}) video")
+    if video is None:
+        n_frames, video_column = 0, None
+    else:
+        video_bytes = video if isinstance(video, bytes) else encode_mp4(np.asarray(video), FPS)
+        n_frames = _probe_mp4(video_bytes, f"make_record({id!r}) video")
+        video_column = {"bytes": video_bytes, "path": video_path or f"{id}.mp4"}
     return {
         "id": id,
         "text": text,
@@ -245,7 +251,7 @@ def make_record(
         "duration": duration,
         "n_frames": n_frames,
         "audio": {"bytes": audio_bytes, "path": audio_path or f"{id}.wav"},
-        "video": {"bytes": video_bytes, "path": video_path or f"{id}.mp4"},
+        "video": video_column,
     }
 
 

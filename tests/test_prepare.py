@@ -367,7 +367,7 @@ def test_auto_avsr_file_symlinked_out_of_the_root_is_refused_not_read(tmp_path, 
 
 
 def test_every_command_has_help(capsys):
-    for corpus in ("lrs3", "lrs2", "voxceleb2", "auto_avsr"):
+    for corpus in ("lrs3", "lrs2", "voxceleb2", "auto_avsr", "audio_csv", "asterisk"):
         with pytest.raises(SystemExit) as exit_info:
             main([corpus, "--help"])
         assert exit_info.value.code == 0
