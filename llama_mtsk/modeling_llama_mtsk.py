@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,10 +22,10 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.dynamic_module_utils import get_cached_module_file
-from transformers.utils import HF_MODULES_CACHE
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import HF_MODULES_CACHE, ModelOutput
 
 from .configuration_llama_mtsk import AVHubertConfig, LlamaMTSKConfig
 
@@ -540,12 +541,30 @@ def pack_sequences(
 
 @dataclass
 class LlamaMTSKCausalLMOutput(CausalLMOutputWithPast):
-    """The LLM's output plus, for the Matryoshka objective, each scale's loss in `config.scales` order.
+    """The LLM's output plus, for the Matryoshka objective, each scale's loss in `config.scales` order: audio-major,
+    (4, 2), (4, 5), (16, 2), (16, 5) for AVSR, where the authors' loop runs over video rates outermost.
 
     In the Matryoshka objective (`labels` given, `scale=None`) `logits` is `None`: only transcript positions are
     projected to the vocabulary, which is what keeps memory flat with the number of scales."""
 
     scale_losses: torch.Tensor | None = None
+
+
+@dataclass
+class LlamaMTSKGenerateOutput(ModelOutput):
+    """What `generate(..., scale="cascade", return_dict_in_generate=True)` returns.
+
+    Args:
+        sequences: the generated tokens, right-padded with the pad token.
+        scales: per row, the scale its transcript was decoded at.
+        llm_tokens: per row, the LLM tokens it cost over every pass: input tokens plus generated tokens.
+        confidences: per row, the confidence of its transcript (see `cascade_confidence`).
+    """
+
+    sequences: torch.LongTensor | None = None
+    scales: list[tuple[int | None, int | None]] | None = None
+    llm_tokens: torch.LongTensor | None = None
+    confidences: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -1174,6 +1193,144 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         scale_losses = scale_losses / torch.bincount(target_scales, minlength=num_scales).clamp(min=1)
         return LlamaMTSKCausalLMOutput(loss=scale_losses.mean(), scale_losses=scale_losses)
 
+    # -- adaptive inference ------------------------------------------------------------------------------------------
+
+    def cascade_order(self) -> list[tuple[int | None, int | None]]:
+        """The trained scales from the coarsest to the finest: by LLM tokens per second of media (50 / audio rate for
+        Whisper's 50 Hz, 25 / video rate for 25 fps video), the order in which `scale="cascade"` tries them."""
+
+        def tokens_per_second(scale: tuple[int | None, int | None]) -> float:
+            audio_rate, video_rate = scale
+            return (0 if audio_rate is None else 50 / audio_rate) + (0 if video_rate is None else 25 / video_rate)
+
+        return sorted(self.config.scales, key=tokens_per_second)
+
+    def llm_input_tokens_per_scale(self, **media: torch.Tensor | None) -> torch.Tensor:
+        """`(len(config.scales), batch)`: each sample's LLM input tokens at every trained scale (see
+        `count_llm_input_tokens`), without running any encoder."""
+        return torch.stack([self.count_llm_input_tokens(scale, **media) for scale in self.config.scales])
+
+    def scales_within_budget(self, max_llm_tokens: int, **media: torch.Tensor | None) -> list[tuple]:
+        """Per sample, the finest trained scale (the most LLM input tokens) whose LLM input tokens fit
+        `max_llm_tokens`: what `scale="auto"` decodes each row at. Ties keep `config.scales` order."""
+        if isinstance(max_llm_tokens, bool) or not isinstance(max_llm_tokens, (int, np.integer)) or max_llm_tokens < 1:
+            raise ValueError(f'scale="auto" needs max_llm_tokens, a positive integer; got {max_llm_tokens!r}')
+        tokens = self.llm_input_tokens_per_scale(**media)
+        chosen = []
+        for row in range(tokens.shape[1]):
+            fitting = [index for index in range(tokens.shape[0]) if tokens[index, row] <= max_llm_tokens]
+            if not fitting:
+                cheapest = int(tokens[:, row].argmin())
+                raise ValueError(
+                    f"max_llm_tokens={max_llm_tokens} fits no trained scale for sample {row}: its cheapest scale "
+                    f"{self.config.scales[cheapest]} needs {int(tokens[cheapest, row])} LLM input tokens"
+                )
+            chosen.append(self.config.scales[max(fitting, key=lambda index: (tokens[index, row], -index))])
+        return chosen
+
+    def _generated_lengths(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Generated tokens per row up to and including the first end-of-sequence token (all of them without one)."""
+        eos = self.generation_config.eos_token_id
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=sequences.device)
+        is_end = torch.isin(sequences, eos)
+        first_end = torch.where(is_end.any(-1), is_end.int().argmax(-1), sequences.shape[1] - 1)
+        return first_end + 1
+
+    def _decode_at(
+        self,
+        media: dict[str, torch.Tensor],
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        scale,
+        generate_kwargs: dict,
+    ):
+        """One `generate` pass at a scale (one for the batch, or one per row). With `return_dict_in_generate` the
+        output also carries `scales` (per row) and `llm_tokens` (per row: LLM input tokens + generated tokens)."""
+        batch_size = next(iter(media.values())).shape[0]
+        device = next(iter(media.values())).device
+        scale_index = self._row_scale_indices(scale, batch_size, device)
+        inputs_embeds, sequence_mask, _ = self.build_inputs_embeds(
+            **media, input_ids=input_ids, attention_mask=attention_mask, scale_index=scale_index, padding_side="left"
+        )
+        outputs = super().generate(
+            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, scale_index=scale_index, **generate_kwargs
+        )
+        if not generate_kwargs.get("return_dict_in_generate", False):
+            return outputs
+        row_scales = [self.config.scales[index] for index in scale_index.tolist()]
+        # The LLM input is the (left-padded) sequence's real tokens; decoding adds one token per generated position.
+        outputs["scales"] = row_scales
+        outputs["llm_tokens"] = sequence_mask.sum(-1) + self._generated_lengths(outputs.sequences)
+        return outputs
+
+    def _confidence(self, outputs, kind: str) -> torch.Tensor:
+        """Per row, the mean (`"mean"`) or smallest (`"min"`) log-probability of the generated tokens up to and
+        including the end-of-sequence token: how sure the model is of its transcript."""
+        log_probs = self.compute_transition_scores(
+            outputs.sequences, outputs.scores, outputs.get("beam_indices"), normalize_logits=True
+        ).float()
+        lengths = self._generated_lengths(outputs.sequences)
+        real = torch.arange(log_probs.shape[1], device=log_probs.device)[None, :] < lengths[:, None]
+        if kind == "mean":
+            return (log_probs * real).sum(-1) / lengths
+        if kind == "min":
+            return log_probs.masked_fill(~real, math.inf).min(-1).values
+        raise ValueError(f'cascade_confidence must be "mean" or "min", got {kind!r}')
+
+    def _cascade(
+        self,
+        media: dict[str, torch.Tensor],
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        threshold: float | None,
+        confidence: str | None,
+        generate_kwargs: dict,
+    ):
+        """Decodes every row at the coarsest scale, then only the rows whose confidence is below `threshold` at the
+        next finer scale, and so on; the finest scale's transcript is kept whatever its confidence."""
+        if threshold is None:
+            threshold = getattr(self.generation_config, "cascade_threshold", None)
+        if threshold is None:
+            raise ValueError(
+                'scale="cascade" needs cascade_threshold=..., or a checkpoint whose generation config carries one '
+                "(python -m mtsk_train.evaluation ... --calibrate_cascade stores it)"
+            )
+        confidence = confidence or getattr(self.generation_config, "cascade_confidence", None) or "mean"
+        return_dict = generate_kwargs.pop("return_dict_in_generate", False)
+        generate_kwargs = {**generate_kwargs, "return_dict_in_generate": True, "output_scores": True}
+        batch_size = next(iter(media.values())).shape[0]
+        device = next(iter(media.values())).device
+        rows = torch.arange(batch_size, device=device)
+        sequences: list[torch.Tensor | None] = [None] * batch_size
+        scales: list[tuple | None] = [None] * batch_size
+        confidences = torch.zeros(batch_size, device=device)
+        llm_tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        order = self.cascade_order()
+        for step, scale in enumerate(order):
+            outputs = self._decode_at(
+                {name: value[rows] for name, value in media.items()},
+                None if input_ids is None else input_ids[rows],
+                None if attention_mask is None else attention_mask[rows],
+                scale,
+                dict(generate_kwargs),
+            )
+            row_confidence = self._confidence(outputs, confidence)
+            llm_tokens[rows] += outputs.llm_tokens
+            accepted = row_confidence >= threshold if step < len(order) - 1 else torch.ones_like(row_confidence, dtype=torch.bool)
+            for position in torch.nonzero(accepted).flatten().tolist():
+                row = int(rows[position])
+                sequences[row], scales[row], confidences[row] = outputs.sequences[position], scale, row_confidence[position]
+            rows = rows[~accepted]
+            if rows.numel() == 0:
+                break
+        longest = max(sequence.shape[0] for sequence in sequences)
+        padded = torch.full((batch_size, longest), self.generation_config.pad_token_id, dtype=torch.long, device=device)
+        for row, sequence in enumerate(sequences):
+            padded[row, : sequence.shape[0]] = sequence
+        if not return_dict:
+            return padded
+        return LlamaMTSKGenerateOutput(sequences=padded, scales=scales, llm_tokens=llm_tokens, confidences=confidences)
+
     @torch.no_grad()
     def generate(
         self,
@@ -1183,29 +1340,56 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         pixel_values_videos_mask: torch.Tensor | None = None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        scale: int | tuple | list | None = None,
+        scale: int | tuple | list | str | None = None,
+        max_llm_tokens: int | None = None,
+        cascade_threshold: float | None = None,
+        cascade_confidence: str | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """Transcribes a batch at `scale` (see `forward`) with any of transformers' generation options (greedy, beam
-        search, sampling, streamers, `max_new_tokens`, ...). Rows are left-padded, each with its own audio and video
-        length. Returns only the generated tokens (or the usual `GenerateOutput` with `return_dict_in_generate`).
+        """Transcribes a batch with any of transformers' generation options (greedy, beam search, sampling, streamers,
+        `max_new_tokens`, ...). Rows are left-padded, each with its own audio and video length. Returns only the
+        generated tokens (or, with `return_dict_in_generate`, the usual `GenerateOutput` plus `scales`, the scale each
+        row was decoded at, and `llm_tokens`, the LLM tokens each row cost: input and generated, over every pass).
+
+        `scale` is one of:
+        - a trained scale for the whole batch, or a list with one per row (see `forward`); default the finest;
+        - `"auto"` with `max_llm_tokens`: each row at the finest trained scale whose LLM input fits the budget
+          (`scales_within_budget`);
+        - `"cascade"`: every row at the coarsest scale first, then only the rows whose transcript's confidence
+          (`cascade_confidence`: the mean, or the smallest, log-probability of its tokens) is below
+          `cascade_threshold` again at the next finer scale, up to the finest (`cascade_order`). The threshold and
+          the confidence default to the checkpoint's calibrated ones in its generation config.
 
         Without media this is plain text generation by the LLM with the scale's LoRA adapters."""
+        media = {
+            name: value
+            for name, value in (
+                ("input_features", input_features),
+                ("input_features_mask", input_features_mask),
+                ("pixel_values_videos", pixel_values_videos),
+                ("pixel_values_videos_mask", pixel_values_videos_mask),
+            )
+            if value is not None
+        }
+        if isinstance(scale, str) and scale not in ("auto", "cascade"):
+            raise ValueError(f'scale {scale!r} is not a choice: a trained scale, a per-row list, "auto" or "cascade"')
+        if max_llm_tokens is not None and scale != "auto":
+            raise ValueError(f'max_llm_tokens is the budget of scale="auto", but scale is {scale!r}')
+        if (cascade_threshold is not None or cascade_confidence is not None) and scale != "cascade":
+            raise ValueError(f'cascade_threshold and cascade_confidence belong to scale="cascade", but scale is {scale!r}')
         if input_features is None and pixel_values_videos is None:
             if input_ids is None:
                 raise ValueError("generate needs media (`input_features` and/or `pixel_values_videos`) or `input_ids`")
+            if isinstance(scale, str):
+                raise ValueError(f'scale="{scale}" chooses by the media, and there is none: give a scale')
             scale_index = self._row_scale_indices(scale, input_ids.shape[0], input_ids.device)
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, scale_index=scale_index, **generate_kwargs)
-        batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, None)
-        device = (input_features if input_features is not None else pixel_values_videos).device
-        scale_index = self._row_scale_indices(scale, batch_size, device)
-        inputs_embeds, sequence_mask, _ = self.build_inputs_embeds(
-            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
-            input_ids, attention_mask, scale_index=scale_index, padding_side="left",
-        )
-        return super().generate(
-            inputs_embeds=inputs_embeds, attention_mask=sequence_mask, scale_index=scale_index, **generate_kwargs
-        )
+        self._check_inputs(input_features, pixel_values_videos, input_ids, None)
+        if scale == "cascade":
+            return self._cascade(media, input_ids, attention_mask, cascade_threshold, cascade_confidence, generate_kwargs)
+        if scale == "auto":
+            scale = self.scales_within_budget(max_llm_tokens, **media)
+        return self._decode_at(media, input_ids, attention_mask, scale, generate_kwargs)
 
 
 LlamaMTSKForConditionalGeneration.register_for_auto_class("AutoModel")
@@ -1215,6 +1399,7 @@ __all__ = [
     "AVHubertVideoEncoder",
     "LlamaMTSKPreTrainedModel",
     "LlamaMTSKForConditionalGeneration",
+    "LlamaMTSKGenerateOutput",
     "MatryoshkaLoRALinear",
     "compress_frames",
 ]
