@@ -4,16 +4,22 @@
 
 Every field of the three dataclasses below can be set in the YAML file or overridden on the command line as
 `--name value` (the value is read as YAML: numbers, `true`/`false`, lists `[4, 16]` and mappings `{d_model: 128}`).
-`python train.py --help` lists them all.
+`python train.py --help` lists them all. Each value is checked against its field's declared type before anything is
+built, and converted where YAML falls short (it reads `1e-3` as a string).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -168,6 +174,158 @@ def parse_snrs(values: Sequence[str | float | None]) -> list[float | None]:
     return snrs
 
 
+# The words transformers' HfArgumentParser reads as booleans on the command line.
+_TRUE_WORDS = ("true", "yes", "y", "t", "on", "1")
+_FALSE_WORDS = ("false", "no", "n", "f", "off", "0")
+
+
+class _Mismatch(ValueError):
+    """`value` at `where` is not of type `annotation`."""
+
+    def __init__(self, where: str, value: Any, annotation: Any):
+        self.where = where
+        super().__init__(
+            f"Config field {where} = {value!r} ({type(value).__name__}) is not {_describe(annotation)}"
+        )
+
+
+def _describe(annotation: Any) -> str:
+    """A type as a config author reads it: `list[int] | None` -> "null or a list of integers"."""
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return "any value"
+    if annotation is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(member) for member in members)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(member) for member in members)
+    if origin is list or annotation is list:
+        item = members[0] if members else Any
+        plurals = {bool: "booleans", int: "integers", float: "numbers", str: "strings", Any: "values"}
+        return f"a list of {plurals[item]}" if item in plurals else f"a list, each item {_describe(item)}"
+    if origin is dict or annotation is dict:
+        return "a mapping {name: value}"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in annotation)
+    names = {bool: "true or false", int: "an integer", float: "a number (e.g. 0.001 or 1e-3)", str: "a string"}
+    return names.get(annotation, f"a {getattr(annotation, '__name__', annotation)}")
+
+
+def _coerce(value: Any, annotation: Any, where: str, convert: bool = True) -> Any:
+    """`value` as type `annotation`, or `_Mismatch`. With `convert`, strings become numbers or booleans
+    ("1e-3" -> 0.001, "yes" -> True), integral floats integers and numbers strings; without it, only values already
+    of the type pass (how a union prefers the member a value already is: `true` stays a bool in `str | bool`)."""
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in members:
+                return None
+            raise _Mismatch(where, value, annotation)
+        members = tuple(member for member in members if member is not type(None))
+        if len(members) == 1:  # Optional[X]
+            try:
+                return _coerce(value, members[0], where, convert)
+            except _Mismatch as error:
+                if error.where != where:  # an item inside the value: its own message is the precise one
+                    raise
+                raise _Mismatch(where, value, annotation) from None
+        for converting in (False, True) if convert else (False,):
+            for member in members:
+                try:
+                    return _coerce(value, member, where, converting)
+                except _Mismatch:
+                    pass
+        raise _Mismatch(where, value, annotation)
+    if origin is Literal:
+        if any(type(value) is type(member) and value == member for member in members):
+            return value
+        raise _Mismatch(where, value, annotation)
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        if convert and word in _TRUE_WORDS + _FALSE_WORDS:
+            return word in _TRUE_WORDS
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        number = _float(value) if convert and isinstance(value, (float, str)) else None
+        if number is not None and math.isfinite(number) and number.is_integer():
+            return int(number)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value  # an int is a valid float (PEP 484); kept as written
+        number = _float(value) if convert and isinstance(value, str) else None
+        if number is not None:
+            return number
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+        if convert and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list or annotation is list:
+        if isinstance(value, list):
+            item_type = members[0] if members else Any
+            return [_coerce(item, item_type, f"{where}[{index}]", convert) for index, item in enumerate(value)]
+    elif origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            key_type, value_type = members if members else (Any, Any)
+            return {
+                _coerce(key, key_type, f"{where} key", convert): _coerce(item, value_type, f"{where}.{key}", convert)
+                for key, item in value.items()
+            }
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if isinstance(value, annotation) or value in {member.value for member in annotation}:
+            return value  # TrainingArguments turns the value into the enum itself
+    elif isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+    else:
+        return value  # an annotation these rules do not know: the dataclass gets the value as written
+    raise _Mismatch(where, value, annotation)
+
+
+def _float(value: str | float) -> float | None:
+    """`float(value)`, or None where `value` is no number."""
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def coerce_config(values: dict[str, Any]) -> dict[str, Any]:
+    """Checks every value against the declared type of its field in `ARGUMENT_CLASSES` (and its `choices`), converting
+    where YAML falls short: `learning_rate: 1e-3` is the string "1e-3" to YAML, a float here.
+
+    Raises:
+        ValueError: a value does not fit its field; the message names the field, the value and the expected type.
+    """
+    fields = {}
+    for argument_class in ARGUMENT_CLASSES:
+        annotations = typing.get_type_hints(argument_class)
+        for argument_field in dataclasses.fields(argument_class):
+            if argument_field.init:
+                fields[argument_field.name] = (annotations[argument_field.name], argument_field.metadata.get("choices"))
+    coerced = {}
+    for name, value in values.items():
+        if name not in fields:  # HfArgumentParser names unknown fields itself
+            coerced[name] = value
+            continue
+        annotation, choices = fields[name]
+        coerced[name] = _coerce(value, annotation, name)
+        if choices is not None and coerced[name] is not None and coerced[name] not in choices:
+            raise ValueError(
+                f"Config field {name} = {value!r} is not one of {', '.join(repr(choice) for choice in choices)}"
+            )
+    return coerced
+
+
 def _overrides(tokens: Sequence[str]) -> dict[str, Any]:
     """`--name value` / `--name=value` pairs, each value read as YAML."""
     overrides, index = {}, 0
@@ -200,7 +358,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, 
             raise SystemExit(f"Config file {config_path} does not exist")
         values = yaml.safe_load(config_path.read_text()) or {}
     values.update(_overrides(argv))
-    model_args, data_args, training_args = parser.parse_dict(values)
+    model_args, data_args, training_args = parser.parse_dict(coerce_config(values))
     if training_args.learning_rate is None:
         training_args.learning_rate = 5e-4 if model_args.modality == "video" else 1e-3
     return model_args, data_args, training_args
