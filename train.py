@@ -36,6 +36,7 @@ from mtsk_train.arguments import DataArguments, ModelArguments, MTSKTrainingArgu
 from mtsk_train.assemble import assemble_model
 from mtsk_train.averaging import average_checkpoints, last_checkpoints
 from mtsk_train.evaluation import evaluate_scales, markdown_table, wer_table, write_report
+from mtsk_train.resume import check_resume_checkpoint
 from mtsk_train.trainer import MatryoshkaTrainer, StreamingEpochCallback, TimeBudgetCallback
 
 
@@ -124,6 +125,7 @@ def transcribe_example(final_dir: Path, record: dict, scale: tuple) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_arguments(argv)
+    check_resume_checkpoint(training_args.resume_from_checkpoint)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
     torch.set_flush_denormal(True)  # denormals made CPU steps several times slower here (research notes)
     started = time.monotonic()

@@ -2,6 +2,7 @@
 """Configuration of Llama-MTSK: a Matryoshka audio-visual speech recognizer built on a Llama-architecture LLM."""
 
 from itertools import product
+from numbers import Integral
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -232,21 +233,45 @@ class LlamaMTSKConfig(PreTrainedConfig):
         return "_".join(parts)
 
     def normalize_scale(self, scale: int | tuple | list) -> tuple[int | None, int | None]:
-        """Turns a user-given scale into a trained `(audio_rate, video_rate)` tuple, or raises a `ValueError` listing
-        the trained scales. A plain int is accepted for a single-modality model."""
-        if isinstance(scale, int) and not isinstance(scale, bool):
+        """
+        Turns a user-given scale into a trained `(audio_rate, video_rate)` tuple. A rate is an integer (Python or
+        NumPy; a bool, a float or a string is refused, not rounded) or `None` for a modality the model does not use; a
+        plain integer is accepted for a single-modality model. One scale serves a whole call, so a list of scales is
+        refused. Raises a `ValueError` that names what is wrong, or lists the trained scales.
+        """
+        if _is_rate(scale):
             if self.modality == "audiovisual":
                 raise ValueError(
                     f"An audiovisual model needs a scale (audio_rate, video_rate), got {scale!r}; trained scales: {self.scales}"
                 )
-            normalized = (scale, None) if self.modality == "audio" else (None, scale)
-        elif isinstance(scale, (tuple, list)) and len(scale) == 2:
+            normalized = (int(scale), None) if self.modality == "audio" else (None, int(scale))
+        elif isinstance(scale, (tuple, list)):
+            if any(isinstance(rate, (tuple, list)) for rate in scale):
+                raise ValueError(
+                    f"scale {scale!r} lists several scales, but one scale serves a whole call (every input of a "
+                    "batch): call once per scale"
+                )
+            if len(scale) != 2:
+                raise ValueError(f"scale must be an int or an (audio_rate, video_rate) pair, got {scale!r}")
+            for rate in scale:
+                if rate is not None and not _is_rate(rate):
+                    raise ValueError(
+                        f"scale {scale!r}: a rate must be an integer (or None for an unused modality), got "
+                        f"{type(rate).__name__} {rate!r}"
+                    )
             normalized = tuple(None if rate is None else int(rate) for rate in scale)
         else:
-            raise ValueError(f"scale must be an int or an (audio_rate, video_rate) pair, got {scale!r}")
+            raise ValueError(
+                f"scale must be an int or an (audio_rate, video_rate) pair, got {type(scale).__name__} {scale!r}"
+            )
         if normalized not in self.scales:
             raise ValueError(f"scale {scale!r} was not trained; trained scales (audio_rate, video_rate): {self.scales}")
         return normalized
+
+
+def _is_rate(value) -> bool:
+    """Whether `value` is an integer a rate can be: Python or NumPy integers, not bools."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 LlamaMTSKConfig.register_for_auto_class()

@@ -1,5 +1,6 @@
 """LlamaMTSKConfig validation, scales, and parameter counts at the paper's real shapes (built on the meta device)."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, WhisperConfig
@@ -108,6 +109,23 @@ def test_untrained_scales_are_refused_with_the_trained_list():
         config.normalize_scale((4, 3))
     with pytest.raises(ValueError, match="audiovisual model needs a scale"):
         config.normalize_scale(4)
+
+
+def test_scale_rates_are_integers_never_rounded():
+    config, audio = tiny_config(), tiny_config(modality="audio")
+    assert config.normalize_scale((np.int64(16), np.int32(5))) == (16, 5)
+    assert type(config.normalize_scale((np.int64(16), np.int32(5)))[0]) is int
+    assert audio.normalize_scale(np.int16(8)) == (8, None) and audio.normalize_scale([np.uint8(8), None]) == (8, None)
+    refusals = [((4.9, 2.9), "float 4.9"), (("4", "2"), "str '4'"), ((True, 2), "bool True"), ((4, 2.0), "float 2.0")]
+    for scale, refused in refusals:
+        with pytest.raises(ValueError, match=rf"a rate must be an integer \(or None .*\), got {refused}"):
+            config.normalize_scale(scale)
+    with pytest.raises(ValueError, match="an int or an .* pair, got float 8.0"):
+        audio.normalize_scale(8.0)
+    with pytest.raises(ValueError, match="an int or an .* pair, got bool True"):
+        audio.normalize_scale(True)
+    with pytest.raises(ValueError, match=r"scale \[\(4, 2\), \(16, 5\)\] lists several scales.*call once per scale"):
+        config.normalize_scale([(4, 2), (16, 5)])
 
 
 def test_config_round_trips_through_json(tmp_path):
