@@ -145,8 +145,6 @@ def test_missing_and_corrupt_files(tmp_path):
 # Crafted files: forged numpy dtypes, allocation bombs, malformed pickles. Payloads are made here, never stored.
 # ---------------------------------------------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-
 LOAD_EACH = """
 import json, sys
 from mtsk_convert.safe_unpickle import load_checkpoint
@@ -163,7 +161,8 @@ def load_each_in_a_subprocess(paths: list[Path]) -> list[str]:
     """`load_checkpoint` on each path in a fresh interpreter, so that a crash fails the test instead of killing
     pytest: per path "loaded" or "ErrorType: message"."""
     completed = subprocess.run(
-        [sys.executable, "-c", LOAD_EACH, *map(str, paths)], capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-c", LOAD_EACH, *map(str, paths)],
+        capture_output=True, text=True, timeout=300, cwd=paths[0].parent,  # a core dump lands there, not in the repo
     )
     assert completed.returncode == 0, f"the loader died (exit status {completed.returncode}): {completed.stderr[-2000:]}"
     return [json.loads(line) for line in completed.stdout.splitlines()]
@@ -249,7 +248,7 @@ def test_forged_numpy_dtypes_are_refused_by_name_and_never_crash(tmp_path):
         assert outcome.startswith(f"UnsafeCheckpointError: {path}: ") and expected in outcome, (case, outcome)
     # Unpickled without restriction, the "object dtype read from bytes" array crashes the process (not vacuous).
     payload = pickle.dumps(FORGED_NUMPY_DATA["object dtype read from bytes"][0], protocol=2)
-    crash = subprocess.run([sys.executable, "-c", UNPICKLE_STDIN], input=payload, capture_output=True)
+    crash = subprocess.run([sys.executable, "-c", UNPICKLE_STDIN], input=payload, capture_output=True, cwd=tmp_path)
     assert crash.returncode == -signal.SIGSEGV
 
 
