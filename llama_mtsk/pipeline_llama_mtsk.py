@@ -22,6 +22,7 @@ from .processing_llama_mtsk import (
     SAMPLES_PER_FRAME,
     SAMPLING_RATE,
     VIDEO_FPS,
+    _clip_channels,
     _is_media_source,
     align_audio_to_frames,
     load_audio,
@@ -37,11 +38,19 @@ from .processing_llama_mtsk import (
 DEFAULT_VIDEO_CHUNK_SECONDS = 24.0
 # Default overlap of consecutive chunks, as a fraction of the chunk length.
 DEFAULT_OVERLAP_FRACTION = 0.2
+# Shorter chunks hold two or three words at speaking rate (so most words would be cut at a seam), and each chunk costs
+# a whole encoder pass (Whisper pads every chunk to its window) and a generate call.
+MIN_CHUNK_SECONDS = 1.0
+# Video files are decoded gray (what the video encoder reads) with their shorter side at most this long: a face that
+# fills the frame keeps its mouth far wider than the 96-pixel crop (LRS3's 224-pixel frames hold faces about 150
+# pixels wide), while a 4K video takes a ninth of its full-size memory.
+MAX_VIDEO_SHORT_SIDE = 720
 
 _ACCEPTED_INPUTS = (
     "a path or the bytes of a .wav/.flac file or a video container (.mp4, .mkv, .avi, .webm, .mov); a numpy array or "
     'torch tensor of 16 kHz audio; {"raw": array, "sampling_rate": int}; or {"audio": ..., "video": ...} with a '
-    'waveform (and "sampling_rate"), a (T, H, W[, C]) clip (and "fps", default 25), files or bytes'
+    'waveform (and "sampling_rate"), a clip (T, H, W) gray or (T, H, W, C) with C = 1 or 3 (and "fps", default 25), '
+    "files or bytes"
 )
 
 
@@ -133,15 +142,19 @@ class LlamaMTSKPipeline(ChunkPipeline):
           the streams the model uses are decoded (audio and video for an audio-visual model);
         - a numpy array / torch tensor of 16 kHz audio, or `{"raw": array, "sampling_rate": sr}` (`"array"` also works);
         - `{"audio": ..., "video": ..., "sampling_rate": sr, "fps": fps}`: each stream an array, a file or bytes (or a
-          `{"bytes", "path"}` record); a clip is (T, H, W[, C]) uint8 or float in [0, 1], at `fps` (default 25).
+          `{"bytes", "path"}` record); a clip is uint8 or float in [0, 1], at `fps` (default 25), its layout read from
+          its number of axes alone: (T, H, W) is gray whatever its sizes, (T, H, W, C) is channels-last with C = 1
+          (gray) or 3 (RGB).
         A video that is not already a mouth ROI (a talking-face video) is cropped around the mouth first.
 
     Call arguments:
         scale: `(audio_rate, video_rate)`, or an int for a single-modality model; default: the finest trained scale.
+            One scale serves the whole call (a list of scales, one per input, is refused: call once per scale).
         generate_kwargs: `dict` passed to `model.generate` (e.g. `{"num_beams": 15, "max_new_tokens": 32}`); generation
             parameters can also be given directly (`max_new_tokens=...`).
         batch_size: Chunks decoded together.
-        chunk_length_s: Chunk length for long inputs; default and maximum: the Whisper window (24 s for lip reading).
+        chunk_length_s: Chunk length for long inputs; default and maximum: the Whisper window (24 s for lip reading);
+            minimum 1 s.
         stride_length_s: Overlap of consecutive chunks, default 20 % of the chunk length.
         crop_mouth: `None` (default) crops the mouth when the video does not look like a mouth ROI; `True` always,
             `False` never.
@@ -206,9 +219,9 @@ class LlamaMTSKPipeline(ChunkPipeline):
         use_audio = config.uses_audio and has_audio
         use_video = config.uses_video and has_video
         if use_audio and use_video:
-            return load_audiovisual(source)
+            return load_audiovisual(source, gray=True, max_short_side=MAX_VIDEO_SHORT_SIDE)
         if use_video:
-            return None, load_video(source, fps=VIDEO_FPS)[0]
+            return None, load_video(source, fps=VIDEO_FPS, gray=True, max_short_side=MAX_VIDEO_SHORT_SIDE)[0]
         if use_audio:
             return load_audio(source), None
         return None, None  # the modality check explains what is missing
@@ -235,16 +248,16 @@ class LlamaMTSKPipeline(ChunkPipeline):
         return prepare_audio(value, sampling_rate, name='input["audio"]')
 
     def _decode_video_stream(self, value: Any, fps: float | None) -> np.ndarray:
-        """The `"video"` of an `{"audio": ..., "video": ...}` input -> frames at 25 fps (values are checked by the
-        video processor)."""
+        """The `"video"` of an `{"audio": ..., "video": ...}` input -> frames (T, H, W) gray or (T, H, W, 3) RGB at
+        25 fps (values are checked by the video processor)."""
         value = self._unwrap_record(value)
         if isinstance(value, dict):
             raise ValueError(f'input["video"] is a dict with keys {sorted(value)}; expected {_ACCEPTED_INPUTS}')
         if _is_media_source(value):
-            return load_video(value, fps=VIDEO_FPS)[0]
+            return load_video(value, fps=VIDEO_FPS, gray=True, max_short_side=MAX_VIDEO_SHORT_SIDE)[0]
         frames = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        if frames.ndim not in (3, 4):
-            raise ValueError(f'input["video"]: expected frames of shape (T, H, W) or (T, H, W, C), got shape {frames.shape}')
+        if _clip_channels(frames, name='input["video"]') == 1:
+            frames = frames[..., 0]
         if len(frames) == 0:
             raise ValueError('input["video"] has zero frames')
         fps = float(VIDEO_FPS if fps is None else fps)
@@ -298,7 +311,8 @@ class LlamaMTSKPipeline(ChunkPipeline):
     def _crop_mouth(self, frames: np.ndarray, crop_mouth: bool | None) -> np.ndarray:
         from .mouth_roi import MouthROIExtractor, looks_like_mouth_roi
 
-        if crop_mouth is False or (crop_mouth is None and looks_like_mouth_roi(frames)):
+        # One frame's shape: (H, W) or (H, W, 3) is unambiguous, where a whole gray clip (T, H, 3) would not be.
+        if crop_mouth is False or (crop_mouth is None and looks_like_mouth_roi(frames[0])):
             return frames
         if frames.dtype != np.uint8:
             raise ValueError(
@@ -332,8 +346,15 @@ class LlamaMTSKPipeline(ChunkPipeline):
 
         window_s = self.processor.window_samples / SAMPLING_RATE if audio is not None else DEFAULT_VIDEO_CHUNK_SECONDS
         if chunk_length_s is not None:
-            if not 0 < chunk_length_s <= window_s:
-                raise ValueError(f"chunk_length_s must be in (0, {window_s:g}] for this model, got {chunk_length_s}")
+            if isinstance(chunk_length_s, bool) or not isinstance(chunk_length_s, (int, float)):
+                raise TypeError(f"chunk_length_s must be a number of seconds, got {type(chunk_length_s).__name__}")
+            if not MIN_CHUNK_SECONDS <= chunk_length_s <= window_s:
+                raise ValueError(
+                    f"chunk_length_s must be in [{MIN_CHUNK_SECONDS:g}, {window_s:g}] s for this model, got "
+                    f"{chunk_length_s}: the maximum is the encoder's window; a chunk shorter than "
+                    f"{MIN_CHUNK_SECONDS:g} s holds two or three words, so most words would be cut at a seam, and "
+                    "every chunk costs a whole encoder pass and a generate call"
+                )
             window_s = chunk_length_s
         overlap_s = DEFAULT_OVERLAP_FRACTION * window_s if stride_length_s is None else stride_length_s
         if not 0 <= overlap_s < window_s / 2:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Union
 
@@ -38,8 +40,51 @@ MAX_AUDIO_CHANNELS = 8
 # ITU-R BT.601 luma, what OpenCV's and torchvision's RGB -> gray conversions use.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 STANDARDIZE_EPS = 1e-8
+# The audio and video of one recording end a little apart: encoders pad the last audio frame and drop or repeat a
+# video frame (0.1 s is 2.5 video frames), and a long recording gets proportionally more room (1 %: 0.6 s a minute).
+# A larger mismatch is not one recording's two streams: aligning them would throw away or invent much of one.
+MAX_STREAM_MISMATCH_SECONDS = 0.1
+MAX_STREAM_MISMATCH_FRACTION = 0.01
+# Whisper encoder frames per second: one per two mel frames of 10 ms.
+WHISPER_FRAMES_PER_SECOND = 50
+# Video frames converted to float at a time: a large clip never exists as float32 at full size.
+FRAMES_PER_CONVERSION = 32
 
 MediaSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Transcripts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def normalize_text(text: str) -> str:
+    """
+    The one transcript normalisation of Llama-MTSK, for corpus transcripts, training labels, decoded hypotheses and
+    WER references alike: lower case; accents of Latin letters folded (`é` -> `e`, `ß` -> `ss`, compatibility forms
+    such as full-width letters and ligatures decomposed); letters and digits of every script kept, with the marks
+    that belong to them (Devanagari vowel signs, Arabic vowels); punctuation dropped, apostrophes inside a word kept
+    (`don't`); single spaces.
+
+    >>> normalize_text("¿Qué tal? CAFÉ NAÏVE, über straße!")
+    'que tal cafe naive uber strasse'
+    """
+    decomposed = unicodedata.normalize("NFKD", text.lower().replace("ß", "ss").replace("’", "'"))
+    characters = []
+    marks_belong_to_letter = False  # whether the combining marks that follow belong to the last letter
+    for character in decomposed:
+        if unicodedata.category(character).startswith("M"):
+            # An accent on a Latin letter is folded away; a mark of another script is part of its letter.
+            characters.append(character if marks_belong_to_letter else "")
+        elif character.isalnum() or character == "'":
+            characters.append(character)
+            marks_belong_to_letter = character.isalpha() and not unicodedata.name(character, "").startswith("LATIN")
+        else:
+            characters.append(" ")
+            marks_belong_to_letter = False
+    # Apostrophes inside a word stay; quotes around words go.
+    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", "".join(characters))
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -108,16 +153,33 @@ def _downmix(waveform: np.ndarray) -> np.ndarray:
     return waveform.mean(axis=1) if waveform.shape[1] > 1 else waveform[:, 0]
 
 
+def _frame_to_array(frame, gray: bool, max_short_side: int | None) -> np.ndarray:
+    """One decoded video frame -> uint8 (H, W) luma or (H, W, 3) RGB, converted by FFmpeg and, when its shorter side
+    exceeds `max_short_side`, downscaled to it (area averaging, aspect ratio kept): a large frame never exists here
+    at full size."""
+    width, height = frame.width, frame.height
+    if max_short_side is not None and min(width, height) > max_short_side:
+        factor = max_short_side / min(width, height)
+        width, height = max(1, round(width * factor)), max(1, round(height * factor))
+    converted = frame.reformat(width=width, height=height, format="gray" if gray else "rgb24", interpolation="AREA")
+    return converted.to_ndarray()
+
+
 def _decode_streams(
-    container, description: str, audio: bool, video: bool, gray: bool = False
+    container,
+    description: str,
+    audio: bool,
+    video: bool,
+    gray: bool = False,
+    max_short_side: int | None = None,
 ) -> tuple[tuple[np.ndarray, int] | None, tuple[np.ndarray, np.ndarray, float] | None]:
     """
     Decodes the first audio and/or video stream of an open PyAV container in one demuxing pass.
 
     Returns:
         `(audio, video)`: `audio` is `(float32 mono waveform, sample rate)` at the file's own rate; `video` is
-        `(uint8 frames (T, H, W, 3) or (T, H, W), start time of each frame in seconds, nominal fps)`; `None` for a
-        stream that was not asked for.
+        `(uint8 frames (T, H, W, 3) or (T, H, W), start time of each frame in seconds, nominal fps)`, each frame
+        converted as [`_frame_to_array`] says; `None` for a stream that was not asked for.
     """
     import av
 
@@ -142,7 +204,7 @@ def _decode_streams(
                 packets_read[packet.stream.index] += 1
             for frame in packet.decode():
                 if packet.stream is video_stream:
-                    frames.append(frame.to_ndarray(format="gray" if gray else "rgb24"))
+                    frames.append(_frame_to_array(frame, gray, max_short_side))
                     times.append(frame.time if frame.time is not None else len(times) / nominal_fps)
                     continue
                 if sample_rate is None:
@@ -176,6 +238,27 @@ def _decode_streams(
     return audio_result, video_result
 
 
+def _wav_declared_samples(data: bytes | str) -> int | None:
+    """The samples per channel the data chunk of a RIFF WAV header declares, or `None` when the header does not say
+    (not a RIFF WAV file, or one written to a stream, whose sizes are left at 0 or 0xFFFFFFFF)."""
+    with open(data, "rb") if isinstance(data, str) else io.BytesIO(data) as file:
+        header = file.read(12)
+        if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        block_align = 0  # bytes per sample of all channels, from the fmt chunk
+        while len(chunk := file.read(8)) == 8:
+            chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"data":
+                return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
+            # Chunks are padded to an even size.
+            if chunk_id == b"fmt ":
+                block_align = int.from_bytes(file.read(size)[12:14], "little")
+                file.seek(size % 2, os.SEEK_CUR)
+            else:
+                file.seek(size + size % 2, os.SEEK_CUR)
+    return None
+
+
 def load_audio(source: MediaSource, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     """
     Decodes an audio file, or the audio track of a video container, to a float32 mono waveform.
@@ -190,8 +273,9 @@ def load_audio(source: MediaSource, sampling_rate: int = SAMPLING_RATE) -> np.nd
         `np.ndarray` of shape (samples,), float32.
 
     Raises:
-        FileNotFoundError: the path does not exist. ValueError: unsupported type, unreadable or corrupt file, no audio
-        stream, no samples, or NaN/inf samples.
+        FileNotFoundError: the path does not exist. ValueError: unsupported type, unreadable, corrupt or truncated
+        file (a WAV file holding fewer samples than its header declares), no audio stream, no samples, or NaN/inf
+        samples.
     """
     description = _describe(source)
     kind, data = _read_source(source)
@@ -206,6 +290,13 @@ def load_audio(source: MediaSource, sampling_rate: int = SAMPLING_RATE) -> np.nd
             raise ValueError(f"Could not read audio from {description}: {error}") from None
         if waveform.shape[0] == 0:
             raise ValueError(f"{description} holds no audio samples")
+        # libsndfile reads what a cut-short WAV file holds without a word: compare with what its header promises.
+        declared = _wav_declared_samples(data)
+        if declared is not None and waveform.shape[0] < declared:
+            raise ValueError(
+                f"{description} is truncated: its header declares {declared} samples ({declared / file_rate:.2f} s) "
+                f"but it holds only {waveform.shape[0]} ({waveform.shape[0] / file_rate:.2f} s)"
+            )
         waveform = _downmix(waveform)
     else:
         with _open_container(data, description) as container:
@@ -241,7 +332,9 @@ def resample_frames(frames: np.ndarray, times: np.ndarray, fps: float = VIDEO_FP
     return frames[np.clip(indices, 0, len(frames) - 1)]
 
 
-def load_video(source: MediaSource, fps: float | None = None, gray: bool = False) -> tuple[np.ndarray, float]:
+def load_video(
+    source: MediaSource, fps: float | None = None, gray: bool = False, max_short_side: int | None = None
+) -> tuple[np.ndarray, float]:
     """
     Decodes the first video stream of a container with PyAV.
 
@@ -250,6 +343,8 @@ def load_video(source: MediaSource, fps: float | None = None, gray: bool = False
         fps: If given, the clip is resampled in time to this constant rate using the frame timestamps (variable frame
             rate videos included); otherwise every decoded frame is returned with the stream's average rate.
         gray: Return (T, H, W) luma frames instead of (T, H, W, 3) RGB.
+        max_short_side: Frames whose shorter side is longer are downscaled to it while decoding (area averaging,
+            aspect ratio kept), so a high-resolution video never exists at full size; `None` keeps the file's size.
 
     Returns:
         `(frames, fps)`: uint8 frames (T, H, W, 3) or (T, H, W), and their frame rate.
@@ -259,7 +354,9 @@ def load_video(source: MediaSource, fps: float | None = None, gray: bool = False
     if kind == "soundfile":
         raise ValueError(f"{description} is an audio file; expected a video container ({', '.join(VIDEO_EXTENSIONS)})")
     with _open_container(data, description) as container:
-        _, (frames, times, nominal_fps) = _decode_streams(container, description, audio=False, video=True, gray=gray)
+        _, (frames, times, nominal_fps) = _decode_streams(
+            container, description, audio=False, video=True, gray=gray, max_short_side=max_short_side
+        )
     if fps is None:
         return frames, nominal_fps
     return resample_frames(frames, times, fps), float(fps)
@@ -270,11 +367,21 @@ def align_audio_to_frames(
 ) -> np.ndarray:
     """
     Pads (with zeros) or trims a 16 kHz waveform to exactly `n_frames * 640` samples, as the authors align audio to
-    25 fps video. A mismatch of up to `tolerance` samples (default: one video frame) is fixed silently; a larger one is
-    still aligned, with a warning that names both lengths.
+    25 fps video. A mismatch of up to `tolerance` samples (default: one video frame) is fixed silently; a larger one
+    up to the larger of 0.1 s and 1 % of the video's duration is fixed with a warning; beyond that the two streams
+    are not one recording, and a `ValueError` gives both durations.
     """
     expected = n_frames * SAMPLES_PER_FRAME
     mismatch = len(audio) - expected
+    max_mismatch = max(
+        tolerance, MAX_STREAM_MISMATCH_SECONDS * SAMPLING_RATE, MAX_STREAM_MISMATCH_FRACTION * expected
+    )
+    if abs(mismatch) > max_mismatch:
+        raise ValueError(
+            f"{name}: the audio lasts {len(audio) / SAMPLING_RATE:.3f} s ({len(audio)} samples) but the video "
+            f"{n_frames / VIDEO_FPS:.3f} s ({n_frames} frames at {VIDEO_FPS} fps); streams this far apart are not one "
+            f"recording (at most {max_mismatch / SAMPLING_RATE:.3f} s of difference is aligned)"
+        )
     if abs(mismatch) > tolerance:
         logger.warning(
             f"{name}: the audio has {len(audio)} samples ({len(audio) / SAMPLING_RATE:.3f} s) but the video has "
@@ -286,12 +393,16 @@ def align_audio_to_frames(
     return np.concatenate([audio, np.zeros(-mismatch, dtype=audio.dtype)])
 
 
-def load_audiovisual(source: MediaSource, gray: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def load_audiovisual(
+    source: MediaSource, gray: bool = False, max_short_side: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """
     Decodes both streams of one video container: the audio as 16 kHz mono float32, the video resampled in time to
-    25 fps, and the audio padded or trimmed to 640 samples per video frame (see [`align_audio_to_frames`]). The
-    mismatch fixed without a warning is one video frame plus one frame of the audio codec (the padding an encoder
-    adds to its last frame, 1024 samples for AAC); a larger one is fixed with a warning naming both lengths.
+    25 fps (its frames converted as [`load_video`] says for `gray` and `max_short_side`), and the audio padded or
+    trimmed to 640 samples per video frame (see [`align_audio_to_frames`]). The mismatch fixed without a warning is
+    one video frame plus one frame of the audio codec (the padding an encoder adds to its last frame, 1024 samples for
+    AAC); a larger one is fixed with a warning naming both lengths, and one beyond the larger of 0.1 s and 1 % of the
+    video is refused.
 
     Returns:
         `(audio, frames)`: float32 (T * 640,) and uint8 (T, H, W, 3) (or (T, H, W) with `gray=True`).
@@ -301,7 +412,9 @@ def load_audiovisual(source: MediaSource, gray: bool = False) -> tuple[np.ndarra
     if kind == "soundfile":
         raise ValueError(f"{description} is an audio file; expected a video container with audio and video streams")
     with _open_container(data, description) as container:
-        (audio, audio_rate), (frames, times, _) = _decode_streams(container, description, audio=True, video=True, gray=gray)
+        (audio, audio_rate), (frames, times, _) = _decode_streams(
+            container, description, audio=True, video=True, gray=gray, max_short_side=max_short_side
+        )
         codec_frame_size = container.streams.audio[0].codec_context.frame_size or 0
     audio = prepare_audio(audio, audio_rate, name=description)
     frames = resample_frames(frames, times, VIDEO_FPS)
@@ -415,6 +528,9 @@ class LlamaMTSKVideoProcessor(VideoProcessorMixin):
     `image_std`, resampled in time to `fps`. A clip that is already `image_size` x `image_size` is used as is (the
     training collator random-crops before calling the processor). Clips are zero-padded in time to the longest.
 
+    The layout of a clip is read from its number of axes alone: a 3-D array is (T, H, W) gray whatever its sizes, a
+    4-D array is channels-last (T, H, W, C) with C = 1 (gray) or 3 (RGB).
+
     Args:
         image_size (`int`, defaults to 88): Side of the crop the video encoder reads (`video_config.image_size`).
         roi_size (`int`, defaults to 96): Side a mouth ROI is resized to before the centre crop (`video_config.roi_size`).
@@ -456,20 +572,10 @@ class LlamaMTSKVideoProcessor(VideoProcessorMixin):
             name: How errors name this input.
         """
         array = _to_numpy(video, name)
-        if array.ndim == 4 and array.shape[-1] in (1, 3):
-            channels = array.shape[-1]
-        elif array.ndim == 3:
-            channels = 0
-        else:
-            raise ValueError(
-                f"{name}: expected frames of shape (T, H, W) or (T, H, W, C) with C = 1 or 3, got shape {array.shape}; "
-                "pass a batch as a list of clips"
-            )
+        channels = _clip_channels(array, name)
         if array.shape[0] == 0:
             raise ValueError(f"{name} has zero frames")
-        if array.dtype == np.uint8:
-            pixels = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
-        elif np.issubdtype(array.dtype, np.floating):
+        if np.issubdtype(array.dtype, np.floating):
             _check_finite(array, name)
             low, high = float(array.min()), float(array.max())
             if low < 0.0 or high > 1.0:
@@ -477,33 +583,44 @@ class LlamaMTSKVideoProcessor(VideoProcessorMixin):
                     f"{name}: float frames must be in [0, 1], got values in [{low:.3g}, {high:.3g}]; pass uint8 frames "
                     "in [0, 255] or divide by 255"
                 )
-            pixels = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        else:
+        elif array.dtype != np.uint8:
             raise ValueError(f"{name}: expected uint8 or float frames, got dtype {array.dtype}")
-
-        if channels == 3:
-            pixels = pixels @ torch.tensor(LUMA_WEIGHTS, dtype=torch.float32)
-        elif channels == 1:
-            pixels = pixels[..., 0]
-        height, width = pixels.shape[1:]
-        if (height, width) != (self.image_size, self.image_size):
-            if (height, width) != (self.roi_size, self.roi_size):
-                if min(height, width) < self.image_size:
-                    logger.warning_once(
-                        f"{name}: frames of {height}x{width} are upscaled to {self.roi_size}x{self.roi_size}; "
-                        "mouth ROIs are expected at that size"
-                    )
-                pixels = F.interpolate(
-                    pixels[:, None], size=(self.roi_size, self.roi_size), mode="bilinear", antialias=True, align_corners=False
-                )[:, 0].clamp_(0.0, 1.0)
-            top = int(round((self.roi_size - self.image_size) / 2.0))
-            pixels = pixels[:, top : top + self.image_size, top : top + self.image_size]
-
+        height, width = array.shape[1:3]
+        if min(height, width) < self.image_size and (height, width) != (self.image_size, self.image_size):
+            logger.warning_once(
+                f"{name}: frames of {height}x{width} are upscaled to {self.roi_size}x{self.roi_size}; mouth ROIs are "
+                "expected at that size"
+            )
+        pixels = torch.cat(
+            [
+                self._gray_crop(array[start : start + FRAMES_PER_CONVERSION], channels)
+                for start in range(0, array.shape[0], FRAMES_PER_CONVERSION)
+            ]
+        )
         if fps is not None and float(fps) != float(self.fps):
             if fps <= 0:
                 raise ValueError(f"{name}: fps must be positive, got {fps}")
             pixels = resample_frames(pixels, np.arange(pixels.shape[0]) / float(fps), self.fps)
         return ((pixels - self.image_mean) / self.image_std).contiguous()
+
+    def _gray_crop(self, frames: np.ndarray, channels: int) -> torch.Tensor:
+        """A few checked frames -> float32 (t, image_size, image_size) gray in [0, 1], resized and cropped."""
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).float()
+        if frames.dtype == np.uint8:
+            pixels /= 255.0
+        if channels == 3:
+            pixels = pixels @ torch.tensor(LUMA_WEIGHTS, dtype=torch.float32)
+        elif channels == 1:
+            pixels = pixels[..., 0]
+        height, width = pixels.shape[1:]
+        if (height, width) == (self.image_size, self.image_size):
+            return pixels
+        if (height, width) != (self.roi_size, self.roi_size):
+            size = (self.roi_size, self.roi_size)
+            pixels = F.interpolate(pixels[:, None], size=size, mode="bilinear", antialias=True, align_corners=False)
+            pixels = pixels[:, 0].clamp_(0.0, 1.0)
+        top = int(round((self.roi_size - self.image_size) / 2.0))
+        return pixels[:, top : top + self.image_size, top : top + self.image_size]
 
     def __call__(
         self,
@@ -543,6 +660,19 @@ class LlamaMTSKVideoProcessor(VideoProcessorMixin):
         return self(videos, **kwargs)
 
 
+def _clip_channels(array: np.ndarray, name: str) -> int:
+    """The layout rule of every clip, from its number of axes alone: a 3-D array is (T, H, W) gray whatever its sizes
+    (returns 0); a 4-D array is channels-last (T, H, W, C) with C = 1 (gray) or 3 (RGB) (returns C)."""
+    if array.ndim == 3:
+        return 0
+    if array.ndim == 4 and array.shape[-1] in (1, 3):
+        return array.shape[-1]
+    raise ValueError(
+        f"{name}: expected frames of shape (T, H, W) (gray) or (T, H, W, C) with C = 1 (gray) or 3 (RGB), got shape "
+        f"{array.shape}; pass a batch as a list of clips"
+    )
+
+
 def _as_batch(value: Any, name: str) -> list:
     """One item or a list/tuple of items -> list of items. An item is an array, a tensor, a media source (path,
     bytes, file-like) or a list; a list whose first element is a number is one waveform, not a batch."""
@@ -576,18 +706,32 @@ class LlamaMTSKProcessor(ProcessorMixin):
         standardize_audio (`bool`, defaults to `True`): Standardise each waveform (zero mean, unit variance) before
             the Whisper features, as the authors do. Off for a Whisper encoder trained from scratch: measured here,
             such an encoder recognised a spoken digit 99 % of the time after 200 steps without it, 38 % with it.
+        round_features_to_bfloat16 (`bool`, defaults to `False`): Round the log-mel features to bfloat16 precision
+            (returned as float32), as the authors' code does before its Whisper encoder whatever the encoder's dtype:
+            on for checkpoints converted from their training, so the encoder sees the inputs it was trained on.
     """
 
-    def __init__(self, feature_extractor, tokenizer, video_processor, standardize_audio: bool = True):
+    def __init__(
+        self,
+        feature_extractor,
+        tokenizer,
+        video_processor,
+        standardize_audio: bool = True,
+        round_features_to_bfloat16: bool = False,
+    ):
         self.standardize_audio = standardize_audio
+        self.round_features_to_bfloat16 = round_features_to_bfloat16
         super().__init__(feature_extractor, tokenizer, video_processor)
 
     @classmethod
-    def from_model_config(cls, config, tokenizer, standardize_audio: bool = True) -> "LlamaMTSKProcessor":
+    def from_model_config(
+        cls, config, tokenizer, standardize_audio: bool = True, round_features_to_bfloat16: bool = False
+    ) -> "LlamaMTSKProcessor":
         """
         Builds the processor that matches a [`LlamaMTSKConfig`]: the Whisper window and mel bins from
         `config.audio_config` (`max_source_positions * 2` mel frames), the crop sizes and normalisation from
-        `config.video_config`. A modality the config does not use gets the defaults.
+        `config.video_config`. A modality the config does not use gets the defaults. The other arguments are the
+        processor's own.
         """
         feature_extractor_kwargs = {}
         audio_config = getattr(config, "audio_config", None)
@@ -609,7 +753,13 @@ class LlamaMTSKProcessor(ProcessorMixin):
                 "image_mean": video_config.image_mean,
                 "image_std": video_config.image_std,
             }
-        return cls(feature_extractor, tokenizer, LlamaMTSKVideoProcessor(**video_kwargs), standardize_audio=standardize_audio)
+        return cls(
+            feature_extractor,
+            tokenizer,
+            LlamaMTSKVideoProcessor(**video_kwargs),
+            standardize_audio=standardize_audio,
+            round_features_to_bfloat16=round_features_to_bfloat16,
+        )
 
     @property
     def window_samples(self) -> int:
@@ -637,7 +787,8 @@ class LlamaMTSKProcessor(ProcessorMixin):
             audio: A waveform (numpy / torch / list; float or integer PCM; mono, or one multi-channel clip as
                 (samples, channels) or (channels, samples)), a media file (path, bytes, file-like), or a list of these.
             videos: A mouth-ROI clip (T, H, W) or (T, H, W, C), uint8 or float in [0, 1], a video file, or a list.
-            text: Transcript(s) -> `labels`: lower-cased tokens without special tokens, then EOS, right-padded with -100.
+            text: Transcript(s) -> `labels`: the tokens of the [`normalize_text`] transcript without special tokens,
+                then EOS, right-padded with -100.
             sampling_rate: The rate of raw waveforms (required for them; files carry their own).
             fps: Frame rate of raw clips (a number or one per clip); `None` means 25 fps. Video files are resampled to
                 25 fps from their timestamps.
@@ -664,8 +815,12 @@ class LlamaMTSKProcessor(ProcessorMixin):
             if len(rates) != len(clips):
                 raise ValueError(f"Got {len(rates)} frame rates for {len(clips)} videos")
             for index, clip in enumerate(clips):
-                if _is_media_source(clip):  # decoded at the encoder's frame rate
-                    clips[index], rates[index] = load_video(clip, fps=self.video_processor.fps)
+                if _is_media_source(clip):
+                    # Decoded at the encoder's frame rate, gray as the encoder reads it, and large frames downscaled
+                    # in the decoder to the ROI size the video processor resizes them to anyway.
+                    clips[index], rates[index] = load_video(
+                        clip, fps=self.video_processor.fps, gray=True, max_short_side=self.video_processor.roi_size
+                    )
             video_features = self.video_processor(clips, fps=rates, return_tensors="pt")
             batch_sizes["videos"] = video_features["pixel_values_videos"].shape[0]
             outputs.update(video_features)
@@ -698,24 +853,26 @@ class LlamaMTSKProcessor(ProcessorMixin):
                     "inputs in chunks"
                 )
             waveforms.append(standardize_waveform(waveform) if self.standardize_audio else waveform)
-        features = self.feature_extractor(
+        input_features = self.feature_extractor(
             waveforms,
             sampling_rate=self.feature_extractor.sampling_rate,
             max_length=self.window_samples,
             padding="max_length",
             truncation=False,
-            return_attention_mask=True,
             return_tensors="pt",
-        )
-        return {
-            "input_features": features["input_features"].float(),
-            "input_features_mask": features["attention_mask"].long(),
-        }
-
-    @staticmethod
-    def normalize_text(text: str) -> str:
-        """Lower case, single spaces, no surrounding whitespace."""
-        return " ".join(text.lower().split())
+        )["input_features"].float()
+        if self.round_features_to_bfloat16:
+            input_features = input_features.to(torch.bfloat16).float()
+        # The mask marks two mel frames per Whisper frame the model keeps (it halves the mask's sum). That count is
+        # the authors' own float expression, int(samples / 16000 * 50): it is floor(samples / 320), except for a few
+        # lengths where the float product falls just under an integer (9,280 samples: 28 frames). The feature
+        # extractor's mask would cover ceil(samples / 160) mel frames: one Whisper frame more for a remainder above
+        # 160 samples.
+        sampling_rate = self.feature_extractor.sampling_rate
+        input_features_mask = torch.zeros(input_features.shape[0], input_features.shape[-1], dtype=torch.long)
+        for index, waveform in enumerate(waveforms):
+            input_features_mask[index, : 2 * int(len(waveform) / sampling_rate * WHISPER_FRAMES_PER_SECOND)] = 1
+        return {"input_features": input_features, "input_features_mask": input_features_mask}
 
     def _encode_labels(self, texts: list[str]) -> torch.Tensor:
         eos_token_id = self.tokenizer.eos_token_id
@@ -725,7 +882,7 @@ class LlamaMTSKProcessor(ProcessorMixin):
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(f"text[{index}]: expected a string, got {type(text).__name__}")
-            token_ids = self.tokenizer(self.normalize_text(text), add_special_tokens=False)["input_ids"]
+            token_ids = self.tokenizer(normalize_text(text), add_special_tokens=False)["input_ids"]
             sequences.append(list(token_ids) + [eos_token_id])
         labels = torch.full((len(sequences), max(len(sequence) for sequence in sequences)), -100, dtype=torch.long)
         for index, sequence in enumerate(sequences):
@@ -733,15 +890,16 @@ class LlamaMTSKProcessor(ProcessorMixin):
         return labels
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
-        """Decodes generated token ids to clean lower-case transcripts (special tokens dropped, spaces normalised)."""
+        """Decodes generated token ids to transcripts normalised as the labels are (special tokens dropped, see
+        [`normalize_text`])."""
         if isinstance(sequences, torch.Tensor):
             sequences = sequences.tolist()
         sequences = [[token for token in sequence if token >= 0] for sequence in sequences]  # -100 label padding
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
-        return [self.normalize_text(text) for text in texts]
+        return [normalize_text(text) for text in texts]
 
     def decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> str:
-        """Decodes one sequence of token ids to a clean lower-case transcript."""
+        """Decodes one sequence of token ids to a normalised transcript (see [`batch_decode`])."""
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()
         return self.batch_decode([token_ids], skip_special_tokens=skip_special_tokens, **kwargs)[0]
@@ -757,6 +915,7 @@ __all__ = [
     "load_audio",
     "load_audiovisual",
     "load_video",
+    "normalize_text",
     "prepare_audio",
     "probe_streams",
     "resample_frames",

@@ -602,7 +602,9 @@ def convert(checkpoint: str | Path, settings_cli: Mapping[str, Any], dtype: torc
     )
     if info["missing_keys"] or info["unexpected_keys"] or info.get("mismatched_keys"):
         raise RuntimeError(f"Loading the converted weights left keys unplaced: {info}")
-    processor = LlamaMTSKProcessor.from_model_config(config, tokenizer)
+    # Their code rounds the log-mels to bf16 before Whisper whatever the encoder's dtype: the converted model sees the
+    # same inputs.
+    processor = LlamaMTSKProcessor.from_model_config(config, tokenizer, round_features_to_bfloat16=True)
     report = {"sources": sources, "dropped": dropped, "lora": lora, "settings": settings}
     return model.eval(), processor, report
 

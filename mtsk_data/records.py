@@ -25,7 +25,6 @@ from __future__ import annotations
 import glob
 import io
 import os
-import re
 from fractions import Fraction
 from typing import Any
 
@@ -36,13 +35,12 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from av.video.reformatter import VideoReformatter
 
+from llama_mtsk.processing_llama_mtsk import normalize_text
+
 
 SAMPLE_RATE = 16000
 FPS = 25
 SPLITS = ("train", "validation", "test")
-
-# Lower-case words of letters/digits, optionally joined by apostrophes ("don't"), separated by single spaces.
-_NORMALISED_TEXT = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*(?: [a-z0-9]+(?:'[a-z0-9]+)*)*")
 
 
 def _features():
@@ -60,18 +58,6 @@ def _features():
             "video": Video(decode=False),
         }
     )
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case ``text``, drop punctuation (apostrophes inside a word are kept) and collapse whitespace.
-
-    >>> normalize_text("Place BLUE at F-2, now!")
-    'place blue at f 2 now'
-    """
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"[^a-z0-9' ]+", " ", text)
-    text = re.sub(r"(?<![a-z0-9])'|'(?![a-z0-9])", " ", text)  # quotes, not apostrophes inside words
-    return " ".join(text.split())
 
 
 def _as_mono_float(samples: np.ndarray) -> np.ndarray:
@@ -228,7 +214,7 @@ def make_record(
     """
     if not id:
         raise ValueError("make_record: id must be a non-empty string")
-    if not text or _NORMALISED_TEXT.fullmatch(text) is None:
+    if not text or normalize_text(text) != text:
         raise ValueError(
             f"make_record({id!r}): text must be non-empty, lower-case, without punctuation and single-spaced "
             f"(use normalize_text); got {text!r}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import jiwer
 import torch
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
-from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, normalize_text
 from mtsk_data.augment import AugmentationConfig, NoiseSource
 from mtsk_data.collator import MTSKCollator, babble_from_records
 
@@ -50,12 +49,6 @@ class ScaleResult:
         return (self.audio_rate, self.video_rate)
 
 
-def normalize_transcript(text: str) -> str:
-    """Lower case, punctuation removed (apostrophes inside words kept), single spaces."""
-    text = re.sub(r"[^a-z0-9' ]+", " ", text.lower())
-    return " ".join(word.strip("'") for word in text.split() if word.strip("'"))
-
-
 @torch.no_grad()
 def evaluate_scales(
     model: LlamaMTSKForConditionalGeneration,
@@ -73,7 +66,7 @@ def evaluate_scales(
     model.eval()
     scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
     generate_kwargs = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False, **(generate_kwargs or {})}
-    references = [normalize_transcript(record["text"]) for record in records]
+    references = [normalize_text(record["text"]) for record in records]
     flops_per_token = model.llm_flops_per_token()
     device = next(model.parameters()).device
     results, hypotheses = [], {}
@@ -94,7 +87,7 @@ def evaluate_scales(
                 inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
                 tokens += model.count_llm_input_tokens(scale, **inputs).tolist()
                 generated = model.generate(**inputs, scale=scale, **generate_kwargs)
-                texts += [normalize_transcript(text) for text in processor.batch_decode(generated)]
+                texts += [normalize_text(text) for text in processor.batch_decode(generated)]
             measures = jiwer.process_words(references, texts)
             errors = measures.substitutions + measures.deletions + measures.insertions
             reference_words = measures.substitutions + measures.deletions + measures.hits

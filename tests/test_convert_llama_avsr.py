@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig, WhisperModel
+from transformers import (
+    AutoProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    WhisperConfig,
+    WhisperModel,
+)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, reference_video_features, save_fairseq_checkpoint
@@ -211,6 +218,12 @@ def test_asr_model_zoo_layout_matches_their_formulation(parts, tmp_path, capsys)
     assert (expected - their_logits(state, parts, lora=False, **kwargs)).abs().max() > 1e-3
     card = (out / "README.md").read_text()
     assert "## Conversion" in card and "lora_r=8" in card
+    # Their code rounds the log-mels to bf16 before Whisper: the converted processor does too.
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert processor.round_features_to_bfloat16 is True
+    wave = torch.randn(16000, generator=torch.Generator().manual_seed(0)).numpy()
+    rounded = processor(audio=wave, sampling_rate=16000)["input_features"]
+    assert torch.equal(rounded, rounded.to(torch.bfloat16).float())
 
 
 def test_avsr_matryoshka_lightning_checkpoint_matches_at_every_scale(parts, tmp_path):

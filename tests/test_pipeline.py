@@ -7,7 +7,7 @@ from transformers import WhisperConfig
 
 import llama_mtsk.mouth_roi as mouth_roi
 from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline, chunk_starts, merge_chunk_transcripts
-from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, load_audio, load_audiovisual
+from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, load_audio, load_audiovisual, load_video
 from media_samples import empty_video_bytes, faststart_mp4, mouth_frames, mp4_bytes, signal, smooth_frames, wav_bytes
 from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
@@ -66,7 +66,7 @@ def spy_generate(monkeypatch, asr) -> list[dict]:
 
 @pytest.mark.parametrize("scale", [(4, 2), (16, 5)])
 def test_audiovisual_file_matches_manual_decoding(av_asr, talking_mp4, scale):
-    audio, video = load_audiovisual(talking_mp4)
+    audio, video = load_audiovisual(talking_mp4, gray=True)
     expected = by_hand(av_asr, scale, audio, video, **FAST)
     assert av_asr(talking_mp4, scale=scale, generate_kwargs=FAST) == {"text": expected}
     assert expected  # a random tiny model still emits words
@@ -95,7 +95,7 @@ def test_audio_inputs_match_manual_decoding(audio_asr, tmp_path, scale):
 def test_input_forms_of_the_same_clip_agree(av_asr, talking_mp4, tmp_path):
     path = tmp_path / "talk.mp4"
     path.write_bytes(talking_mp4)
-    audio, video = load_audiovisual(talking_mp4)
+    audio, video = load_audiovisual(talking_mp4, gray=True)
     expected = av_asr(talking_mp4, generate_kwargs=FAST)["text"]
     for inputs in (
         str(path),
@@ -117,7 +117,12 @@ def test_video_model_reads_frames_and_resamples_their_rate(video_asr):
     frames = mouth_frames(50, seed=6)
     expected = by_hand(video_asr, 5, video=frames, **FAST)
     assert video_asr({"video": frames}, scale=5, generate_kwargs=FAST)["text"] == expected
-    assert video_asr(mp4_bytes(smooth_frames(30), fps=25), scale=5, generate_kwargs=FAST)["text"]
+    # A file is decoded gray; "." (which the transcript normalisation drops) is kept out so that words come out.
+    words_only = {**FAST, "suppress_tokens": [video_asr.processor.tokenizer.convert_tokens_to_ids(".")]}
+    data = mp4_bytes(smooth_frames(30), fps=25)
+    expected_from_file = by_hand(video_asr, 5, video=load_video(data, gray=True)[0], **words_only)
+    assert video_asr(data, scale=5, generate_kwargs=words_only)["text"] == expected_from_file
+    assert expected_from_file
     doubled = np.repeat(frames, 2, axis=0)  # the same clip at 50 fps
     assert video_asr({"video": doubled, "fps": 50}, scale=5, generate_kwargs=FAST)["text"] == expected
 
@@ -131,6 +136,18 @@ def test_scale_and_generation_arguments_reach_generate(monkeypatch, av_asr, talk
     assert calls[-1]["scale"] is None  # the model's default: its finest scale
     with pytest.raises(ValueError, match="both in generate_kwargs and as arguments"):
         av_asr(talking_mp4, generate_kwargs={"max_new_tokens": 2}, max_new_tokens=3)
+
+
+def test_scales_must_be_integers_and_one_per_call(monkeypatch, av_asr, talking_mp4):
+    calls = spy_generate(monkeypatch, av_asr)
+    av_asr(talking_mp4, scale=(np.int64(16), np.int32(2)), max_new_tokens=2)
+    assert calls[-1]["scale"] == (16, 2) and all(type(rate) is int for rate in calls[-1]["scale"])
+    with pytest.raises(ValueError, match=r"scale \(4\.9, 2\.9\): a rate must be an integer .* got float 4\.9"):
+        av_asr(talking_mp4, scale=(4.9, 2.9))
+    with pytest.raises(ValueError, match=r"scale \('4', '2'\): a rate must be an integer .* got str '4'"):
+        av_asr(talking_mp4, scale=("4", "2"))
+    with pytest.raises(ValueError, match=r"lists several scales, but one scale serves a whole call.*once per scale"):
+        av_asr([talking_mp4, talking_mp4], scale=[(4, 2), (16, 5)])
 
 
 # -- batching --------------------------------------------------------------------------------------------------------
@@ -264,6 +281,36 @@ def test_no_duplicated_words_at_chunk_seams(monkeypatch):
     assert text == expected  # ...and the merged transcript holds every word once
 
 
+def test_chunks_are_at_least_a_second_long(monkeypatch, audio_asr):
+    reason = r"chunk_length_s must be in \[1, 2\] s .* got 0\.01: .* cut at a seam, and every chunk costs a whole"
+    with pytest.raises(ValueError, match=reason):
+        audio_asr(signal(3.0), chunk_length_s=0.01)
+    with pytest.raises(TypeError, match="chunk_length_s must be a number of seconds, got str"):
+        audio_asr(signal(3.0), chunk_length_s="1")
+    calls = spy_generate(monkeypatch, audio_asr)
+    audio_asr(signal(2.5), chunk_length_s=1.0, max_new_tokens=2)
+    assert len(calls) == 3  # 1 s chunks overlapping by 0.2 s over 2.5 s
+
+
+# -- clip layouts ----------------------------------------------------------------------------------------------------
+
+
+def test_clip_layout_is_read_from_its_axes(monkeypatch, video_asr):
+    """(T, H, W) is gray whatever W is, (T, H, W, C) is channels-last: a gray clip 3 or 1 pixel wide transcribes as
+    the same clip in RGB, and neither is mistaken for a face video to crop."""
+    cropped = []
+    monkeypatch.setattr(mouth_roi.MouthROIExtractor, "extract", lambda self, frames, fps: cropped.append(frames))
+    for side in (3, 1):
+        gray = mouth_frames(20, side=side, seed=side)
+        rgb = np.repeat(gray[..., None], 3, axis=-1)
+        expected = by_hand(video_asr, 5, video=gray, **FAST)
+        for clip in (gray, gray[..., None], rgb):
+            assert video_asr({"video": clip}, scale=5, generate_kwargs=FAST)["text"] == expected
+    assert cropped == []
+    with pytest.raises(ValueError, match=r"C = 1 \(gray\) or 3 \(RGB\), got shape \(20, 96, 96, 2\)"):
+        video_asr({"video": np.zeros((20, 96, 96, 2), dtype=np.uint8)})
+
+
 # -- talking-face videos ---------------------------------------------------------------------------------------------
 
 
@@ -331,3 +378,12 @@ def test_bad_inputs_raise_clear_errors(av_asr, audio_asr, video_asr, tmp_path):
         audio_asr(42)
     with pytest.raises(ValueError, match="chunk_length_s"):
         audio_asr(signal(1.0), chunk_length_s=5.0)
+    # 2.1 s of sound with 3 video frames: not one recording's two streams.
+    with pytest.raises(ValueError, match=r"input: the audio lasts 2\.100 s \(33600 samples\) but the video 0\.120 s"):
+        av_asr({"audio": signal(2.1), "sampling_rate": 16000, "video": mouth_frames(3)})
+    with pytest.raises(ValueError, match=r"the audio lasts 2\.1\d\d s .* but the video 0\.120 s"):
+        av_asr(mp4_bytes(mouth_frames(3), audio=signal(2.1)))
+    truncated_wav = tmp_path / "cut.wav"
+    truncated_wav.write_bytes(wav_bytes(signal(1.5))[: 44 + 16000])  # a third of its data
+    with pytest.raises(ValueError, match=r"cut\.wav' is truncated: its header declares 24000 samples"):
+        audio_asr(str(truncated_wav))

@@ -1,8 +1,11 @@
 """The processor: media decoding, audio and video preparation, labels, decoding, errors, save/load."""
 
+import gc
 import io
 import logging
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile
@@ -17,6 +20,7 @@ from llama_mtsk.processing_llama_mtsk import (
     load_audio,
     load_audiovisual,
     load_video,
+    normalize_text,
     prepare_audio,
     probe_streams,
     resample_frames,
@@ -32,7 +36,7 @@ from media_samples import (
     smooth_frames,
     wav_bytes,
 )
-from tiny_models import tiny_config, tiny_tokenizer
+from tiny_models import tiny_config, tiny_model, tiny_tokenizer
 
 
 MEAN, STD = 0.421, 0.165
@@ -131,6 +135,86 @@ def test_batched_audio_features_equal_single_ones(processor):
         torch.testing.assert_close(batch["input_features"][row : row + 1], single["input_features"])
 
 
+@pytest.fixture(scope="module")
+def audio_model():
+    return tiny_model(modality="audio")
+
+
+@pytest.mark.parametrize(
+    "samples, whisper_frames",
+    [
+        (20360, 63),  # remainder 200 samples over 320: the feature extractor's mask, ceil(20360 / 160) = 128, says 64
+        (24000, 75),
+        (9280, 28),  # floor(9280 / 320) is 29, but 9280 / 16000 * 50 = 28.999999999999996 in floats
+        (18560, 57),  # 29 video frames of audio-visual input (29 x 640 samples): 58 by floor, 57 in floats
+    ],
+)
+def test_audio_frame_count_is_the_authors(processor, audio_model, samples, whisper_frames):
+    """The authors keep int(samples / 16000 * 50) Whisper frames of a clip; the model keeps half the mel frames the
+    mask marks, so the mask marks twice that many."""
+    assert int(samples / 16000 * 50) == whisper_frames
+    wave = signal(2.0)[:samples]
+    inputs = processor(audio=wave, sampling_rate=16000)
+    mask = inputs["input_features_mask"]
+    assert mask.sum().item() == 2 * whisper_frames and mask[0, : 2 * whisper_frames].all()
+    assert audio_model.audio_frame_lengths(inputs["input_features"], mask).tolist() == [whisper_frames]
+    extractor_mask = processor.feature_extractor(
+        wave, sampling_rate=16000, padding="max_length", max_length=32000, return_attention_mask=True
+    )["attention_mask"]
+    assert extractor_mask.sum() == -(-samples // 160)  # what the mask held before: ceil(samples / 160) mel frames
+
+
+def test_features_rounded_to_bfloat16_as_the_authors_do(tmp_path):
+    config = tiny_config(modality="audio")
+    plain = LlamaMTSKProcessor.from_model_config(config, tiny_tokenizer())
+    rounded = LlamaMTSKProcessor.from_model_config(config, tiny_tokenizer(), round_features_to_bfloat16=True)
+    wave = signal(1.3)
+    features = plain(audio=wave, sampling_rate=16000)
+    reference = plain.feature_extractor(
+        standardize_waveform(wave), sampling_rate=16000, padding="max_length", max_length=32000, return_tensors="pt"
+    )["input_features"]
+    assert torch.equal(features["input_features"], reference)  # off: the features are untouched
+
+    rounded_features = rounded(audio=wave, sampling_rate=16000)
+    assert rounded_features["input_features"].dtype == torch.float32
+    assert torch.equal(rounded_features["input_features"], reference.to(torch.bfloat16).float())
+    assert not torch.equal(rounded_features["input_features"], reference)
+    assert torch.equal(rounded_features["input_features_mask"], features["input_features_mask"])
+
+    rounded.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True).round_features_to_bfloat16 is True
+    assert plain.round_features_to_bfloat16 is False
+
+
+# -- transcripts -----------------------------------------------------------------------------------------------------
+
+
+def test_one_text_normaliser_keeps_accented_letters_and_other_scripts(processor):
+    assert normalize_text("CAFÉ NAÏVE ÜBER straße") == "cafe naive uber strasse"
+    assert normalize_text("¿Dónde está el niño? ¡Mañana!") == "donde esta el nino manana"
+    assert normalize_text("L’élève a déjà mangé « crème brûlée ».") == "l'eleve a deja mange creme brulee"
+    assert normalize_text("Привет, МИР! Ёлка") == "привет мир ёлка"
+    assert normalize_text("नमस्ते, दुनिया।") == "नमस्ते दुनिया"  # the vowel signs and the virama are kept
+    assert normalize_text("東京へ行く。ガギグ") == "東京へ行く ガギグ"
+    assert normalize_text("Ｆｕｌｌｗｉｄｔｈ ﬁne") == "fullwidth fine"
+    assert normalize_text("Place BLUE at F-2, now!") == "place blue at f 2 now"
+    assert normalize_text("  'Don't'   STOP  ") == "don't stop"
+    assert normalize_text("rock 'n' roll") == "rock n roll"
+
+    # Corpus records, WER references and hypotheses, labels and decoded text all use this one function.
+    from mtsk_data import records
+    from mtsk_train import evaluation
+
+    assert records.normalize_text is normalize_text and evaluation.normalize_text is normalize_text
+    record = records.make_record("r1", "cafe привет", "speaker", signal(0.08), mouth_frames(2))
+    assert record["text"] == "cafe привет"
+    with pytest.raises(ValueError, match="use normalize_text"):
+        records.make_record("r2", "Café", "speaker", signal(0.08), mouth_frames(2))
+    labels = processor(text=["Set, RED -- now!"])["labels"]
+    assert torch.equal(labels, processor(text=["set red now"])["labels"])
+    assert processor.batch_decode(labels) == ["set red now"]
+
+
 # -- audio formats ---------------------------------------------------------------------------------------------------
 
 
@@ -191,6 +275,27 @@ def test_load_audio_formats_agree(tmp_path):
     np.testing.assert_allclose(load_audio(buffer.getvalue()), expected, atol=2e-4)
 
 
+def test_truncated_wav_is_refused(processor, tmp_path):
+    complete = wav_bytes(signal(3.0))  # 48,000 samples, 96,000 bytes of data
+    data_start = complete.index(b"data") + 8
+    path = tmp_path / "cut.wav"
+    path.write_bytes(complete[: data_start + 32000])  # a third of the data the header declares
+    message = r"cut\.wav' is truncated: its header declares 48000 samples \(3\.00 s\) but it holds only 16000 \(1\.00"
+    with pytest.raises(ValueError, match=message):
+        load_audio(path)
+    with pytest.raises(ValueError, match=message):
+        processor(audio=str(path))
+    assert load_audio(complete).shape == (48000,)
+
+    # The header is walked chunk by chunk: an odd-sized chunk (with its padding byte) before the data.
+    odd_chunk = b"LIST" + (5).to_bytes(4, "little") + b"INFO1\0"
+    chunks = complete[12 : data_start - 8] + odd_chunk + complete[data_start - 8 :]
+    with_list = b"RIFF" + (len(chunks) + 4).to_bytes(4, "little") + b"WAVE" + chunks
+    assert load_audio(with_list).shape == (48000,)
+    with pytest.raises(ValueError, match="declares 48000 samples .* holds only 16000"):
+        load_audio(with_list[: len(with_list) - 64000])
+
+
 def test_processor_reads_files(processor, tmp_path):
     wave = signal(1.0)
     path = tmp_path / "a.wav"
@@ -226,6 +331,66 @@ def test_video_grayscale_resize_crop_and_normalisation():
     roi = mouth_frames(2, side=18)
     expected_crop = (torch.from_numpy(roi[:, 1:17, 1:17]).float() / 255 - MEAN) / STD
     torch.testing.assert_close(video_processor.preprocess_clip(roi), expected_crop)
+
+
+def test_clip_layout_is_read_from_its_axes(processor):
+    """A 3-D clip is (T, H, W) gray whatever its sizes (W = 1 or 3 included); a 4-D one is (T, H, W, C)."""
+    video_processor = processor.video_processor  # 18 -> 16
+    for side in (3, 1):
+        gray = mouth_frames(5, side=side)  # (5, 3, 3) and (5, 1, 1)
+        expected = video_processor.preprocess_clip(gray)
+        assert expected.shape == (5, 16, 16)
+        torch.testing.assert_close(video_processor.preprocess_clip(gray[..., None]), expected)
+        rgb = np.repeat(gray[..., None], 3, axis=-1)
+        torch.testing.assert_close(video_processor.preprocess_clip(rgb), expected, atol=1e-5, rtol=0)
+    narrow = mouth_frames(5, side=6)[:, :, :1]  # (5, 6, 1): five 6x1 gray frames
+    assert video_processor.preprocess_clip(narrow).shape == (5, 16, 16)
+
+    # Frames are converted a few at a time: a long clip gives what its parts give.
+    long_clip = mouth_frames(70, side=40, color=True)
+    torch.testing.assert_close(
+        video_processor.preprocess_clip(long_clip),
+        torch.cat([video_processor.preprocess_clip(long_clip[:35]), video_processor.preprocess_clip(long_clip[35:])]),
+    )
+
+
+def _peak_rss_growth(function) -> tuple[int, object]:
+    """Bytes the process's peak resident memory grew by while `function` ran (Linux: the peak mark is reset first)."""
+
+    def status(key: str) -> int:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    result = function()
+    return status("VmHWM") - before, result
+
+
+def test_high_resolution_video_is_downscaled_while_decoding(full_processor):
+    """A 4K clip costs a few megabytes, not 5.5 GB per second: frames become gray at the ROI size in the decoder."""
+    width, height, n_frames = 3840, 2160, 8
+    gradient = np.add.outer(np.linspace(0, 100, height), np.linspace(0, 100, width)).astype(np.uint8)
+    source = np.stack([gradient + np.uint8(9 * index) for index in range(n_frames)])
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in source:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
+        container.mux(stream.encode())
+    full_processor(videos=mp4_bytes(mouth_frames(2)))  # warm up: first-call allocations are not the clip's
+
+    growth, features = _peak_rss_growth(lambda: full_processor(videos=buffer.getvalue()))
+    # Full-size RGB frames, stacked, then made float32 took 1.8 GB for these eight frames (0.32 s of video).
+    assert growth < 512 * 2**20, f"peak memory grew by {growth / 2**20:.0f} MiB"
+    pixels = features["pixel_values_videos"][0, :, 0]
+    assert pixels.shape == (n_frames, 88, 88)
+    # The picture is the one resizing the full-size frames gives.
+    expected = full_processor.video_processor.preprocess_clip(source[:2])
+    difference = (pixels[:2] - expected).abs() * full_processor.video_processor.image_std
+    assert difference.max() < 3 / 255, f"largest difference {difference.max() * 255:.2f} / 255"
 
 
 def test_clips_already_cropped_are_not_cropped_again():
@@ -283,11 +448,20 @@ def test_audio_video_alignment(caplog):
     assert aligned.shape == (6400,)
     assert "clip.mp4" in caplog.text and "8000 samples" in caplog.text and "10 frames" in caplog.text
 
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        wave, clip = load_audiovisual(mp4_bytes(mouth_frames(50), audio=signal(1.0)))
-    assert clip.shape[0] == 50 and wave.shape == (32000,)
-    assert "16384 samples" in caplog.text and "50 frames" in caplog.text  # half the audio is padding: said out loud
+
+
+def test_audio_and_video_far_apart_are_refused():
+    """2.1 s of audio with 3 video frames (0.12 s): aligning would throw away 94 % of the audio."""
+    with pytest.raises(ValueError, match=r"clip: the audio lasts 2\.100 s \(33600 samples\) but the video 0\.120 s"):
+        align_audio_to_frames(signal(2.1), 3, name="clip")
+    with pytest.raises(ValueError, match=r"audio lasts 2\.1\d\d s .* but the video 0\.120 s"):
+        load_audiovisual(mp4_bytes(mouth_frames(3), audio=signal(2.1)))
+    with pytest.raises(ValueError, match=r"audio lasts 1\.0\d\d s .* but the video 2\.000 s"):
+        load_audiovisual(mp4_bytes(mouth_frames(50), audio=signal(1.0)))  # half the video without sound
+    # The bound is the larger of 0.1 s and 1 % of the video: 0.3 s of 40 s is aligned, 0.5 s is not.
+    assert align_audio_to_frames(np.zeros(1000 * 640 + 4800, dtype=np.float32), 1000).shape == (640000,)
+    with pytest.raises(ValueError, match=r"at most 0\.400 s"):
+        align_audio_to_frames(np.zeros(1000 * 640 + 8000, dtype=np.float32), 1000)
 
 
 # -- decoding and batch_decode ---------------------------------------------------------------------------------------
@@ -366,8 +540,10 @@ def test_array_errors(processor):
         processor(audio=signal(2.5), sampling_rate=16000)
     with pytest.raises(ValueError, match=r"videos\[0\] has zero frames"):
         processor(videos=np.zeros((0, 96, 96), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"\(T, H, W\) or \(T, H, W, C\)"):
+    with pytest.raises(ValueError, match=r"\(T, H, W\) \(gray\) or \(T, H, W, C\) with C = 1 \(gray\) or 3"):
         processor(videos=np.zeros((96, 96), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"C = 1 \(gray\) or 3 \(RGB\), got shape \(4, 16, 16, 5\)"):
+        processor(videos=np.zeros((4, 16, 16, 5), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"float frames must be in \[0, 1\]"):
         processor(videos=np.full((2, 96, 96), 200.0, dtype=np.float32))
     with pytest.raises(ValueError, match="different batch sizes"):
