@@ -150,6 +150,9 @@ class LlamaMTSKPipeline(ChunkPipeline):
     Call arguments:
         scale: `(audio_rate, video_rate)`, or an int for a single-modality model; default: the finest trained scale.
             One scale serves the whole call (a list of scales, one per input, is refused: call once per scale).
+            `"auto"` with `max_llm_tokens=N`: each input (each chunk of a long one) at the finest scale whose LLM
+            input fits N tokens. `"cascade"`: the coarsest scale first, finer ones only where the transcript's
+            confidence is below `cascade_threshold` (default: the checkpoint's calibrated threshold).
         generate_kwargs: `dict` passed to `model.generate` (e.g. `{"num_beams": 15, "max_new_tokens": 32}`); generation
             parameters can also be given directly (`max_new_tokens=...`).
         batch_size: Chunks decoded together.
@@ -160,7 +163,9 @@ class LlamaMTSKPipeline(ChunkPipeline):
             `False` never.
 
     Returns:
-        `{"text": transcript}` per input, lower case.
+        `{"text": transcript, "scale": the scale it was decoded at, "llm_tokens": the LLM tokens it cost}` per input:
+        the transcript in lower case; a long input's chunks may end at different scales ("scale" is then the list of
+        each chunk's); LLM tokens count input and generated tokens of every pass over every chunk.
     """
 
     _load_processor = True
@@ -193,6 +198,9 @@ class LlamaMTSKPipeline(ChunkPipeline):
         chunk_length_s: float | None = None,
         stride_length_s: float | None = None,
         crop_mouth: bool | None = None,
+        max_llm_tokens: int | None = None,
+        cascade_threshold: float | None = None,
+        cascade_confidence: str | None = None,
         **generation_parameters,
     ):
         preprocess_params, forward_params = {}, {}
@@ -202,8 +210,20 @@ class LlamaMTSKPipeline(ChunkPipeline):
             preprocess_params["stride_length_s"] = stride_length_s
         if crop_mouth is not None:
             preprocess_params["crop_mouth"] = crop_mouth
-        if scale is not None:
+        if isinstance(scale, str):
+            if scale not in ("auto", "cascade"):
+                raise ValueError(f'scale {scale!r} is not a choice: a trained scale, "auto" or "cascade"')
+            forward_params["scale"] = scale
+        elif scale is not None:
             forward_params["scale"] = self.model.config.normalize_scale(scale)
+        adaptive = {
+            "max_llm_tokens": max_llm_tokens,
+            "cascade_threshold": cascade_threshold,
+            "cascade_confidence": cascade_confidence,
+        }
+        adaptive = {name: value for name, value in adaptive.items() if value is not None}
+        if adaptive:
+            forward_params["adaptive"] = adaptive
         if generate_kwargs is not None or generation_parameters:
             duplicated = set(generate_kwargs or {}) & set(generation_parameters)
             if duplicated:
@@ -382,18 +402,38 @@ class LlamaMTSKPipeline(ChunkPipeline):
                 "is_last": index == len(starts) - 1,
             }
 
-    def _forward(self, model_inputs: dict, scale: tuple | None = None, generate_kwargs: dict | None = None) -> dict:
+    def _forward(
+        self,
+        model_inputs: dict,
+        scale: tuple | str | None = None,
+        generate_kwargs: dict | None = None,
+        adaptive: dict | None = None,
+    ) -> dict:
         is_last = model_inputs.pop("is_last")
         overlap = model_inputs.pop("overlap")
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {})
-        output = self.model.generate(**model_inputs, scale=scale, **generate_kwargs)
-        tokens = output if isinstance(output, torch.Tensor) else output.sequences
-        return {"tokens": tokens, "overlap": overlap, "is_last": is_last}
+        generate_kwargs = {**self._prepare_generate_kwargs(generate_kwargs or {}), "return_dict_in_generate": True}
+        output = self.model.generate(**model_inputs, scale=scale, **(adaptive or {}), **generate_kwargs)
+        scales = self.model.config.scales
+        return {
+            "tokens": output.sequences,
+            # Tensors, so that a batch of chunks splits back into its items.
+            "scale_index": torch.tensor([scales.index(row_scale) for row_scale in output.scales]),
+            "llm_tokens": output.llm_tokens.cpu(),
+            "overlap": overlap,
+            "is_last": is_last,
+        }
 
-    def postprocess(self, model_outputs: list[dict]) -> dict[str, str]:
+    def postprocess(self, model_outputs: list[dict]) -> dict:
         texts = [self.processor.batch_decode(output["tokens"])[0] for output in model_outputs]
         overlaps = [float(output["overlap"].reshape(-1)[0]) for output in model_outputs[:-1]]
-        return {"text": merge_chunk_transcripts(texts, overlaps)}
+        scales = [self.model.config.scales[int(output["scale_index"].reshape(-1)[0])] for output in model_outputs]
+        if not self.model.config.uses_video or not self.model.config.uses_audio:
+            scales = [audio_rate if video_rate is None else video_rate for audio_rate, video_rate in scales]
+        return {
+            "text": merge_chunk_transcripts(texts, overlaps),
+            "scale": scales[0] if len(set(scales)) == 1 else scales,
+            "llm_tokens": sum(int(output["llm_tokens"].reshape(-1)[0]) for output in model_outputs),
+        }
 
     # -- batching ----------------------------------------------------------------------------------------------------
 

@@ -126,3 +126,32 @@ def test_cascade_needs_a_threshold_and_reads_the_calibrated_one(audio_model, tmp
         assert torch.equal(calibrated, audio_model.generate(**inputs, scale=audio_model.cascade_order()[0], **FAST))
     finally:
         del audio_model.generation_config.cascade_threshold
+
+
+def test_pipeline_reports_the_scale_and_cost_of_auto_and_cascade(audio_model):
+    from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline
+    from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+    from media_samples import signal
+    from tiny_models import tiny_tokenizer
+
+    processor = LlamaMTSKProcessor.from_model_config(audio_model.config, tiny_tokenizer())
+    asr = LlamaMTSKPipeline(model=audio_model, processor=processor, device=-1)
+    clips = [signal(1.6, seed=1), signal(0.7, seed=2)]
+    inputs = processor(audio=clips, sampling_rate=16000)
+    tokens = audio_model.llm_input_tokens_per_scale(**inputs)
+    budget = int(tokens[:, 0].min()) + 1  # the long clip fits only its cheapest scale, the short one a finer one
+    expected = audio_model.scales_within_budget(budget, **inputs)
+    assert expected[0] != expected[1]
+    results = asr(clips, scale="auto", max_llm_tokens=budget, generate_kwargs=FAST, batch_size=2)
+    assert [result["scale"] for result in results] == [audio_rate for audio_rate, _ in expected]
+    direct = audio_model.generate(**inputs, scale=expected, return_dict_in_generate=True, **FAST)
+    assert [result["text"] for result in results] == processor.batch_decode(direct.sequences)
+    assert [result["llm_tokens"] for result in results] == direct.llm_tokens.tolist()
+
+    finest = audio_model.cascade_order()[-1]
+    cascade = asr(clips[0], scale="cascade", cascade_threshold=math.inf, generate_kwargs=FAST)
+    assert cascade["scale"] == finest[0]
+    assert cascade["text"] == asr(clips[0], scale=finest[0], generate_kwargs=FAST)["text"]
+    assert cascade["llm_tokens"] > asr(clips[0], scale=finest[0], generate_kwargs=FAST)["llm_tokens"]
+    with pytest.raises(ValueError, match="not a choice"):
+        asr(clips[0], scale="best")

@@ -6,6 +6,7 @@ import torch
 from transformers import WhisperConfig
 
 import llama_mtsk.mouth_roi as mouth_roi
+from llama_mtsk.modeling_llama_mtsk import LlamaMTSKGenerateOutput
 from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline, chunk_starts, merge_chunk_transcripts
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, load_audio, load_audiovisual, load_video
 from media_samples import empty_video_bytes, faststart_mp4, mouth_frames, mp4_bytes, signal, smooth_frames, wav_bytes
@@ -68,8 +69,13 @@ def spy_generate(monkeypatch, asr) -> list[dict]:
 def test_audiovisual_file_matches_manual_decoding(av_asr, talking_mp4, scale):
     audio, video = load_audiovisual(talking_mp4, gray=True)
     expected = by_hand(av_asr, scale, audio, video, **FAST)
-    assert av_asr(talking_mp4, scale=scale, generate_kwargs=FAST) == {"text": expected}
+    result = av_asr(talking_mp4, scale=scale, generate_kwargs=FAST)
+    assert result["text"] == expected and result["scale"] == scale
     assert expected  # a random tiny model still emits words
+    inputs = av_asr.processor(audio=[audio], videos=[video], sampling_rate=16000)
+    generated = av_asr.model.generate(**inputs, scale=scale, **FAST)[0]
+    generated_tokens = int((generated != av_asr.model.generation_config.pad_token_id).sum())
+    assert result["llm_tokens"] == int(av_asr.model.count_llm_input_tokens(scale, **inputs)[0]) + generated_tokens
 
 
 @pytest.mark.parametrize("scale", [4, 16])
@@ -271,6 +277,10 @@ def test_no_duplicated_words_at_chunk_seams(monkeypatch):
         ids = torch.full((len(rows), length), tokenizer.pad_token_id)
         for row, words in enumerate(rows):
             ids[row, : len(words) + 1] = torch.tensor(tokenizer.convert_tokens_to_ids(words) + [tokenizer.eos_token_id])
+        if kwargs.get("return_dict_in_generate"):
+            return LlamaMTSKGenerateOutput(
+                sequences=ids, scales=[(4, None)] * len(rows), llm_tokens=torch.ones(len(rows), dtype=torch.long)
+            )
         return ids
 
     monkeypatch.setattr(asr.model, "generate", recognize)
