@@ -816,10 +816,12 @@ class LlamaMTSKProcessor(ProcessorMixin):
                 raise ValueError(f"Got {len(rates)} frame rates for {len(clips)} videos")
             for index, clip in enumerate(clips):
                 if _is_media_source(clip):
-                    # Decoded at the encoder's frame rate, gray as the encoder reads it, and large frames downscaled
-                    # in the decoder to the ROI size the video processor resizes them to anyway.
+                    # Decoded at the encoder's frame rate, large frames downscaled in the decoder to the ROI size the
+                    # video processor resizes them to anyway. RGB, not FFmpeg's gray: the video processor takes the
+                    # luma in float, as the authors' torchvision Grayscale does (FFmpeg's integer gray differs from it
+                    # by up to one level).
                     clips[index], rates[index] = load_video(
-                        clip, fps=self.video_processor.fps, gray=True, max_short_side=self.video_processor.roi_size
+                        clip, fps=self.video_processor.fps, max_short_side=self.video_processor.roi_size
                     )
             video_features = self.video_processor(clips, fps=rates, return_tensors="pt")
             batch_sizes["videos"] = video_features["pixel_values_videos"].shape[0]
