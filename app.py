@@ -54,6 +54,10 @@ MODEL_VARIABLE = "LLAMA_MTSK_MODEL"
 SILENCE_PEAK = 0.01
 # The model inputs of one chunk that set its LLM cost (`count_llm_input_tokens`).
 MEDIA_INPUTS = ("input_features", "input_features_mask", "pixel_values_videos", "pixel_values_videos_mask")
+ADAPTIVE_HELP = {
+    "auto": ". auto: the finest scale within a budget of LLM input tokens",
+    "cascade": ". cascade: the coarsest scale first, finer ones only while the model is unsure",
+}
 COMPARISON_HEADERS = ["scale", "transcript", "LLM input tokens", "generated tokens", "time (s)", "WER in report (%)"]
 
 
@@ -115,7 +119,7 @@ def scale_label(scale: tuple[int | None, int | None]) -> str:
 def adaptive_scale_modes(asr: Pipeline) -> list[str]:
     """The adaptive scale choices this checkpoint's pipeline accepts: `auto` (the finest scale within a budget of LLM
     input tokens) and `cascade` (coarse first, finer only where unsure). Asked of the pipeline's own argument check,
-    so that a checkpoint whose remote code predates them offers neither."""
+    so that a checkpoint whose remote code predates them offers neither; `cascade` also needs a calibrated threshold."""
     modes = []
     for mode, arguments in (("auto", {"max_llm_tokens": 10**6}), ("cascade", {})):
         try:
@@ -123,6 +127,9 @@ def adaptive_scale_modes(asr: Pipeline) -> list[str]:
         except (ValueError, TypeError):
             continue
         modes.append(mode)
+    # A cascade also needs its confidence threshold, calibrated on validation data into the generation config.
+    if getattr(asr.model.generation_config, "cascade_threshold", None) is None and "cascade" in modes:
+        modes.remove("cascade")
     return modes
 
 
@@ -184,12 +191,14 @@ def write_corpus_examples(corpus: Path, modality: str, out_dir: Path, count: int
 
 @dataclass
 class ScaleRun:
-    """One transcription of a clip and what it cost."""
+    """One transcription of a clip and what it cost: the LLM tokens of the pass whose transcript is kept (its input
+    and generated tokens), and of every pass (a cascade decodes some chunks more than once)."""
 
     text: str
-    scale: tuple[int | None, int | None] | str
+    chunk_scales: list[tuple[int | None, int | None]]
     llm_input_tokens: int
     generated_tokens: int
+    llm_tokens: int
     seconds: float
 
 
@@ -231,18 +240,24 @@ def run_chunks(asr: Pipeline, chunks: list[dict], **call_arguments) -> ScaleRun:
     outputs = [asr.forward(dict(chunk), **forward_params) for chunk in chunks]
     result = asr.postprocess(outputs, **postprocess_params)
     seconds = time.perf_counter() - start
-    # Adaptive scales report the scale they chose beside the text.
-    scale = result.get("scale", call_arguments["scale"])
+    # Pipelines with adaptive scales report the scale the chunks were decoded at (a list when they differ) and the LLM
+    # tokens of every pass; older ones only the text.
+    reported = result.get("scale", call_arguments["scale"])
+    config = asr.model.config
+    chunk_scales = [config.normalize_scale(scale) for scale in (reported if isinstance(reported, list) else [reported] * len(chunks))]
+    llm_input_tokens = sum(
+        int(asr.model.count_llm_input_tokens(scale, **{name: chunk[name] for name in MEDIA_INPUTS if name in chunk}).sum())
+        for scale, chunk in zip(chunk_scales, chunks)
+    )
     eos = asr.model.generation_config.eos_token_id
     eos_token_ids = set(eos) if isinstance(eos, list) else {eos}
+    generated_tokens = sum(generated_token_count(output["tokens"], eos_token_ids) for output in outputs)
     return ScaleRun(
         text=result["text"],
-        scale=scale,
-        llm_input_tokens=sum(
-            int(asr.model.count_llm_input_tokens(scale, **{name: chunk[name] for name in MEDIA_INPUTS if name in chunk}).sum())
-            for chunk in chunks
-        ),
-        generated_tokens=sum(generated_token_count(output["tokens"], eos_token_ids) for output in outputs),
+        chunk_scales=chunk_scales,
+        llm_input_tokens=llm_input_tokens,
+        generated_tokens=generated_tokens,
+        llm_tokens=result.get("llm_tokens", llm_input_tokens + generated_tokens),
         seconds=seconds,
     )
 
@@ -325,7 +340,8 @@ def build_app(
                     value=scale_label(config.scales[0]),
                     label="Scale",
                     info=f"{scale_help}; finest first. LLM input tokens for 1 s of speech: "
-                    + ", ".join(f"{scale_label(s)}: {tokens}" for s, tokens in costs.items()),
+                    + ", ".join(f"{scale_label(s)}: {tokens}" for s, tokens in costs.items())
+                    + "".join(ADAPTIVE_HELP[mode] for mode in adaptive_modes),
                     elem_id="scale",
                 )
                 budget = (
@@ -336,6 +352,7 @@ def build_app(
                         step=1,
                         label="LLM input-token budget per clip (auto: the finest scale within it)",
                         visible=False,
+                        elem_id="budget",
                     )
                     if "auto" in adaptive_modes
                     else gr.State(None)
@@ -397,11 +414,13 @@ def build_app(
             if choice == "auto":
                 arguments["max_llm_tokens"] = int(token_budget)
             run = run_chunks(asr, chunks, **arguments)
-            total = run.llm_input_tokens + run.generated_tokens
+            kept = f"{run.llm_input_tokens} input + {run.generated_tokens} generated"
             return (
                 run.text,
-                scale_label(config.normalize_scale(run.scale)),
-                f"{total} ({run.llm_input_tokens} input + {run.generated_tokens} generated)",
+                ", ".join(dict.fromkeys(scale_label(chunk_scale) for chunk_scale in run.chunk_scales)),
+                f"{run.llm_tokens} ({kept})"
+                if run.llm_tokens == run.llm_input_tokens + run.generated_tokens
+                else f"{run.llm_tokens} over every pass ({kept} in the pass kept)",
                 f"{time.perf_counter() - start:.2f} s",
             )
 

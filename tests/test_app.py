@@ -31,6 +31,7 @@ from gradio_client import Client, handle_file
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from transformers import pipeline
 
@@ -71,8 +72,12 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def save_tiny_checkpoint(folder: Path, **settings) -> None:
+def save_tiny_checkpoint(folder: Path, cascade_threshold: float | None = None, **settings) -> None:
     model = tiny_model(**settings)
+    if cascade_threshold is not None:
+        model.generation_config.cascade_threshold = cascade_threshold
+        # Saved as a generation config of its own: loading replaces one marked as derived from the model config.
+        model.generation_config._from_model_config = False
     save_checkpoint(folder, model, LlamaMTSKProcessor.from_model_config(model.config, tiny_tokenizer()))
 
 
@@ -233,11 +238,16 @@ def save_page(driver: webdriver.Chrome, name: str) -> Path:
 # -- what the page must show ------------------------------------------------------------------------------------------
 
 
+def model_inputs(asr, source: Path) -> dict[str, torch.Tensor]:
+    """The model inputs of `source`, a clip of one chunk, as the pipeline prepares them."""
+    [chunk] = asr.preprocess(str(source))
+    return {name: value for name, value in chunk.items() if name.startswith(("input_features", "pixel_values_videos"))}
+
+
 def expected_cost(asr, source: Path, scale) -> str:
     """The LLM tokens the page must report for `source` (one chunk) at `scale`, as the model counts them: its input
     tokens, and in all the input plus the tokens it generates up to and including the end-of-sequence token."""
-    [chunk] = asr.preprocess(str(source))
-    inputs = {name: value for name, value in chunk.items() if name.startswith(("input_features", "pixel_values_videos"))}
+    inputs = model_inputs(asr, source)
     input_tokens = int(asr.model.count_llm_input_tokens(scale, **inputs).sum())
     with torch.no_grad():
         total = int(asr.model.generate(**inputs, scale=scale, return_dict_in_generate=True).llm_tokens.sum())
@@ -284,6 +294,22 @@ def test_audio_app_transcribes_a_wav_and_the_sound_of_an_mp4_as_the_pipeline_doe
             assert page["tokens"] == expected_cost(asr, workdir / clip, 16), clip
             assert page["latency"].endswith(" s") and float(page["latency"][:-2]) > 0
 
+        if "auto" in scale_options(browser):
+            # A budget of exactly what the coarser scale costs: the finest scale within it is that one.
+            budget = int(asr.model.count_llm_input_tokens(16, **model_inputs(asr, workdir / "talk.mp4")).sum())
+            open_page(browser, url)
+            upload(browser, "video_input", workdir / "talk.mp4")
+            choose_scale(browser, "auto")
+            budget_box = WebDriverWait(browser, WAIT_SECONDS).until(  # the budget shows up with "auto"
+                lambda page: page.find_element(By.CSS_SELECTOR, "#budget input[type=number]")
+            )
+            budget_box.clear()
+            budget_box.send_keys(str(budget), Keys.TAB)
+            page = transcribe(browser)
+            assert page["transcript"] == asr(str(workdir / "talk.mp4"), scale="auto", max_llm_tokens=budget)["text"]
+            assert page["used_scale"] == "16"
+            assert page["tokens"] == expected_cost(asr, workdir / "talk.mp4", 16)
+
         # A recording from the (fake) microphone, which the page uploads as a WAV: the same transcript as that file's.
         open_page(browser, url)
         browser.find_element(By.CSS_SELECTOR, "#audio_input button.record-button").click()
@@ -318,7 +344,8 @@ def test_audio_app_transcribes_a_wav_and_the_sound_of_an_mp4_as_the_pipeline_doe
 
 
 def test_audiovisual_app_with_examples_report_and_bad_inputs(workdir, browser):
-    save_tiny_checkpoint(workdir / "avsr", modality="audiovisual", lora_strategy="mss")
+    # Log-probabilities are below 0: this cascade goes on to the finest scale, decoding the clip at every scale.
+    save_tiny_checkpoint(workdir / "avsr", cascade_threshold=0.0, modality="audiovisual", lora_strategy="mss")
     results = [
         ScaleResult(audio, video, None, wer, 10, 100, 20, 60.0 / audio + 40.0 / video, 0.001)
         for (audio, video), wer in REPORT_WER.items()
@@ -341,6 +368,17 @@ def test_audiovisual_app_with_examples_report_and_bad_inputs(workdir, browser):
         assert page["transcript"] == asr(str(talk), scale=(16, 5))["text"]
         assert page["used_scale"] == "(16, 5)"
         assert page["tokens"] == expected_cost(asr, talk, (16, 5))
+
+        if "cascade" in scale_options(browser):
+            open_page(browser, url)
+            upload(browser, "video_input", talk)
+            choose_scale(browser, "cascade")
+            page = transcribe(browser)
+            assert page["transcript"] == asr(str(talk), scale="cascade")["text"]
+            assert page["used_scale"] == "(4, 2)"
+            every_pass = sum(int(expected_cost(asr, talk, scale).split()[0]) for scale in asr.model.config.scales)
+            kept = expected_cost(asr, talk, (4, 2)).split(" (")[1].rstrip(")")
+            assert page["tokens"] == f"{every_pass} over every pass ({kept} in the pass kept)"
 
         rows = compare_all_scales(browser)
         assert [row[0] for row in rows] == ["(4, 2)", "(4, 5)", "(16, 2)", "(16, 5)"]
