@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, CompileConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.dynamic_module_utils import get_cached_module_file
@@ -1235,6 +1235,31 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         is_end = torch.isin(sequences, eos)
         first_end = torch.where(is_end.any(-1), is_end.int().argmax(-1), sequences.shape[1] - 1)
         return first_end + 1
+
+    def get_compiled_call(self, compile_config: CompileConfig | None) -> Callable:
+        """The decoding step `generate` runs when it compiles (with a static cache on a GPU, or anywhere a
+        `compile_config` asks for it): this model's forward for the next token of every row, where only the LLM is
+        compiled (the LLM's own `get_compiled_call`, cached on it). The LoRA routing stays outside the compiled region:
+        `lora_routes_for` has data-dependent shapes and reads the scales back to the host. The compiled LLM reads the
+        routes as guarded inputs, so each set of scales in a batch compiles once. Beam search in transformers calls the
+        model eagerly at every step and never comes here."""
+        compiled_language_model = self.language_model.get_compiled_call(compile_config)
+        # One closure per decoding loop, whose rows keep their scales at every step: route once, not once per token
+        # (each routing waits for the device).
+        routed: dict[str, torch.Tensor | dict | None] = {"scale_index": None, "routes": None}
+
+        def decoding_step(
+            input_ids: torch.LongTensor, scale_index: torch.LongTensor | None = None, **kwargs
+        ) -> LlamaMTSKCausalLMOutput:
+            if scale_index is None:
+                scale_index = self._row_scale_indices(None, input_ids.shape[0], input_ids.device)
+            if scale_index is not routed["scale_index"]:
+                routed.update(scale_index=scale_index, routes=self.lora_routes_for(scale_index))
+            with use_lora_routes(routed["routes"]):
+                outputs = compiled_language_model(input_ids=input_ids, **kwargs)
+            return LlamaMTSKCausalLMOutput(**outputs)
+
+        return decoding_step
 
     def _decode_at(
         self,
