@@ -161,16 +161,25 @@ def llm_input_tokens_per_clip(asr: Pipeline, seconds: float) -> dict[tuple[int |
 def write_corpus_examples(corpus: Path, modality: str, out_dir: Path, count: int) -> list[tuple[Path, str]]:
     """The first `count` clips of the corpus's test split as files the page can load, each with its transcript: the
     WAV for an audio model, the mouth clip for a lip-reading one, the mouth clip with its sound (mp4) for an
-    audio-visual one. No examples when the corpus has no test split (on a Space, say)."""
-    if not list((corpus / "data").glob("test-*.parquet")):
+    audio-visual one. No examples when there is no corpus (on a Space, say)."""
+    if not (corpus / "data").is_dir():
         return []
-    # The repository's corpus tools: needed only where a corpus was generated, i.e. in a checkout.
+    # The repository's corpus tools: needed only where a corpus was generated, i.e. in a checkout. The shards are read
+    # with pyarrow rather than `datasets`, whose loader pings its usage counter on the internet.
+    import pyarrow.parquet as pq
+
     from llama_mtsk.processing_llama_mtsk import load_audio, load_video
-    from mtsk_data.records import FPS, encode_mp4, load_split
+    from mtsk_data.records import FPS, encode_mp4, shard_paths
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = (
+        record
+        for shard in shard_paths(corpus, "test")
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=count, columns=["id", "text", "audio", "video"])
+        for record in batch.to_pylist()
+    )
     examples = []
-    for record in itertools.islice(load_split(corpus, "test", streaming=True), count):
+    for record in itertools.islice(records, count):
         name = record["id"].replace("/", "_")
         audio, video = record["audio"]["bytes"], record["video"]["bytes"]
         if modality == "audio":
