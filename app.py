@@ -305,11 +305,13 @@ def build_app(
     wer_by_scale: dict[tuple[int | None, int | None], float],
     max_seconds: float,
 ) -> gr.Blocks:
+    """The page for `asr`'s checkpoint: its inputs follow the modality, its scale choices the trained scales (and the
+    adaptive ones its pipeline accepts)."""
     config = asr.model.config
     scales_by_label = {scale_label(scale): scale for scale in config.scales}
     adaptive_modes = adaptive_scale_modes(asr)
     costs = llm_input_tokens_per_clip(asr, 1.0)
-    takes_audio_file = config.modality == "audio"
+    has_speech_input = config.modality == "audio"
     modality_text = {
         "audio": "speech recognition from audio",
         "video": "lip reading from video",
@@ -331,7 +333,7 @@ def build_app(
             with gr.Column(scale=1):
                 audio = (
                     gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech: record or upload", elem_id="audio_input")
-                    if takes_audio_file
+                    if has_speech_input
                     else None
                 )
                 video = gr.Video(
@@ -410,7 +412,7 @@ def build_app(
         def chosen_source(audio_path: str | None, video_path: str | None) -> str:
             source = video_path or audio_path
             if source is None:
-                what = "record or upload speech, or upload a video" if takes_audio_file else "upload a video"
+                what = "record or upload speech, or upload a video" if has_speech_input else "upload a video"
                 raise gr.Error(f"No clip yet: {what} (or pick an example), then press the button.")
             check_clip(asr, source, max_seconds)
             return source
