@@ -98,13 +98,16 @@ def noise_source(data_args: DataArguments, train_records, seed: int) -> NoiseSou
 
 
 def average_last_checkpoints(model, output_dir: str, count: int) -> list[Path]:
-    """Loads the mean of the last `count` checkpoints into `model`; returns the checkpoints used."""
+    """Loads the mean of the last `count` checkpoints into `model`; returns the checkpoints used. Frozen parameters,
+    the same in every checkpoint, keep the model's values."""
     folders = last_checkpoints(output_dir, count)
     if len(folders) < 2:
         return folders
-    missing, unexpected = model.load_state_dict(average_checkpoints(folders), strict=False)
+    parameters = model.named_parameters(remove_duplicate=False)
+    frozen = {name for name, parameter in parameters if not parameter.requires_grad}
+    missing, unexpected = model.load_state_dict(average_checkpoints(folders, frozen=frozen), strict=False)
     tied = {name for name in missing if name.endswith("lm_head.weight")}  # saved once, with the embedding
-    if unexpected or set(missing) - tied:
+    if unexpected or set(missing) - frozen - tied:
         raise ValueError(f"Averaged checkpoints do not match the model: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     return folders
