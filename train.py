@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
 from llama_mtsk.hub import save_checkpoint
@@ -62,6 +63,10 @@ def prepare_corpus(data_args: DataArguments, is_main_process: bool) -> dict | No
 
 
 def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGeneration, LlamaMTSKProcessor]:
+    if is_deepspeed_zero3_enabled():
+        # ZeRO-3 partitions every model as transformers loads it: the parts could not be assembled, nor the trained
+        # model evaluated. FSDP2 shards the parameters during training and gathers them for saving and evaluation.
+        raise ValueError("DeepSpeed ZeRO-3 is not supported; shard the parameters with configs/accelerate/fsdp.yaml")
     if model_args.model_name_or_path is not None:
         from transformers import AutoProcessor
 
@@ -182,11 +187,6 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if training_args.world_size > 1:
-        # DDP keeps parameters equal but lets each process update its BatchNorm statistics in its last step (and on
-        # CPU there is no SyncBatchNorm): give every process the statistics that process 0 saves.
-        for buffer in model.buffers():
-            torch.distributed.broadcast(buffer, src=0)
     logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "corpus": corpus,
@@ -195,14 +195,22 @@ def main(argv: list[str] | None = None) -> dict:
         "train_loss": train_result.training_loss,  # the mean over the run
         "last_logged_loss": logged_losses[-1] if logged_losses else None,
     }
+    # From here on every process holds all the weights (under FSDP2 a plain copy on the gathered shards): process 0
+    # saves them, and every process evaluates its share of the test split.
+    model = trainer.full_model()
+    if training_args.world_size > 1:
+        # DDP and FSDP keep the parameters in sync but let each process update its BatchNorm statistics in its last
+        # step (and on CPU there is no SyncBatchNorm): give every process the statistics that process 0 saves.
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+    trainer.accelerator.wait_for_everyone()  # process 0 has written the last checkpoint before anyone averages
     averaged = average_last_checkpoints(model, training_args.output_dir, training_args.average_last_checkpoints)
     summary["averaged_checkpoints"] = [folder.name for folder in averaged]
     summary["train_minutes"] = (time.monotonic() - started) / 60
 
-    if not trainer.is_world_process_zero():
-        return summary
     final_dir = Path(training_args.output_dir) / "final"
-    save_checkpoint(final_dir, model, processor, model_name=training_args.hub_model_id)
+    if trainer.is_world_process_zero():
+        save_checkpoint(final_dir, model, processor, model_name=training_args.hub_model_id)
     test_records = load_split(data_args.dataset_dir, data_args.test_split)
     if training_args.eval_max_samples is not None:
         test_records = test_records.select(range(min(training_args.eval_max_samples, len(test_records))))
@@ -215,7 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
         noise=noise,
         batch_size=training_args.eval_batch_size,
         generate_kwargs={"num_beams": training_args.eval_num_beams, "max_new_tokens": training_args.eval_max_new_tokens},
+        process_index=training_args.process_index,
+        num_processes=training_args.world_size,
     )
+    if not trainer.is_world_process_zero():
+        return summary
     write_report(results, final_dir, title=f"Llama-MTSK on {Path(data_args.dataset_dir).name} / {data_args.test_split}")
     logger.info("WER per scale:\n%s", markdown_table(results))
     save_checkpoint(  # again, with the WER table in the model card

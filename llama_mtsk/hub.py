@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from torch.distributed.fsdp import FSDPModule
+
 from .modeling_llama_mtsk import CUSTOM_PIPELINES
 
 
@@ -224,6 +226,9 @@ def save_checkpoint(
         The checkpoint folder.
     """
     save_directory = Path(save_directory)
+    if isinstance(model, FSDPModule):
+        # Its class and its parameters are FSDP's: the folder would name torch's class as the model and hold shards.
+        raise ValueError("save_checkpoint needs the whole model, not an FSDP2-sharded one: gather its weights first")
     if push_to_hub and not repo_id:
         raise ValueError("push_to_hub=True needs a repo_id, e.g. 'your-name/llama-mtsk-avsr'")
     if model.config.uses_audio:

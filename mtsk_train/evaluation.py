@@ -59,17 +59,24 @@ def evaluate_scales(
     noise: NoiseSource | None = None,
     batch_size: int = 16,
     generate_kwargs: dict[str, Any] | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> tuple[list[ScaleResult], dict[str, list[str]]]:
     """Transcribes `records` at every scale (default: every trained scale) and SNR (None = clean audio).
+
+    With `num_processes` > 1 (torch.distributed initialised, every process calling with the same arguments and the
+    whole model, not FSDP shards: each process generates on its own), process `process_index` transcribes every
+    `num_processes`-th batch and the transcripts are gathered, so every process returns what one process would.
 
     Returns the results and the hypotheses per `"<scale>@<snr>"` key, in record order."""
     model.eval()
     scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
     generate_kwargs = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False, **(generate_kwargs or {})}
-    references = [normalize_text(record["text"]) for record in records]
     flops_per_token = model.llm_flops_per_token()
     device = next(model.parameters()).device
-    results, hypotheses = [], {}
+    batch_starts = range(0, len(records), batch_size)
+    # (SNR, scale, batch index) -> (normalised transcripts, LLM input tokens per record) of this process's batches
+    outputs: dict[tuple, tuple[list[str], list[int]]] = {}
     for snr_db in snrs_db:
         if snr_db is not None and model.config.uses_audio and noise is None:
             raise ValueError(f"Evaluating at {snr_db} dB SNR needs a noise source (a noise file or corpus babble)")
@@ -80,14 +87,26 @@ def evaluate_scales(
             augmentation=AugmentationConfig(eval_snr_db=snr_db),
             noise=noise,
         )
-        batches = [collator(records[start : start + batch_size]) for start in range(0, len(records), batch_size)]
-        for scale in scales:
-            texts, tokens = [], []
-            for batch in batches:
-                inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
-                tokens += model.count_llm_input_tokens(scale, **inputs).tolist()
+        for batch_index in range(process_index, len(batch_starts), num_processes):
+            batch = collator(records[batch_starts[batch_index] : batch_starts[batch_index] + batch_size])
+            inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
+            for scale in scales:
+                tokens = model.count_llm_input_tokens(scale, **inputs).tolist()
                 generated = model.generate(**inputs, scale=scale, **generate_kwargs)
-                texts += [normalize_text(text) for text in processor.batch_decode(generated)]
+                texts = [normalize_text(text) for text in processor.batch_decode(generated)]
+                outputs[(snr_db, scale, batch_index)] = (texts, tokens)
+    if num_processes > 1:
+        gathered: list[dict] = [{} for _ in range(num_processes)]
+        torch.distributed.all_gather_object(gathered, outputs)
+        outputs = {key: value for process_outputs in gathered for key, value in process_outputs.items()}
+
+    references = [normalize_text(record["text"]) for record in records]
+    results, hypotheses = [], {}
+    for snr_db in snrs_db:
+        for scale in scales:
+            per_batch = [outputs[(snr_db, scale, index)] for index in range(len(batch_starts))]
+            texts = [text for batch_texts, _ in per_batch for text in batch_texts]
+            tokens = [count for _, batch_tokens in per_batch for count in batch_tokens]
             measures = jiwer.process_words(references, texts)
             errors = measures.substitutions + measures.deletions + measures.insertions
             reference_words = measures.substitutions + measures.deletions + measures.hits

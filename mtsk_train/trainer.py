@@ -6,20 +6,48 @@ Data (see mtsk_data.sampler for why it is wired this way under accelerate):
   resumed runs included;
 - streaming: a `StreamingFrameBatches` that shards row groups itself, given to a plain DataLoader (never through
   `accelerator.prepare`, which would re-dispatch its batches), with the epoch set by `StreamingEpochCallback`.
+
+Sharded training: FSDP2's `fully_shard` turns the model's parameters into shards (DTensors) in place and gives the
+model a class of its own, `FSDPLlamaMTSKForConditionalGeneration`, which transformers' `save_pretrained` would record
+in `auto_map` (copying torch's FSDP modules as the model code). FSDP2 and DeepSpeed hand the Trainer's save the
+weights gathered into a state dict, where the tied `lm_head.weight` is a tensor of its own. So those checkpoints are
+written from `copy_with_weights`, a plain model on the gathered weights, which is also what
+`MatryoshkaTrainer.full_model` gives every process after FSDP2 training.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
 
+from llama_mtsk import LlamaMTSKForConditionalGeneration
 from mtsk_data.sampler import EpochDataset, FrameBatchSampler
 from mtsk_data.streaming import StreamingFrameBatches
+
+
+def copy_with_weights(
+    model: LlamaMTSKForConditionalGeneration, state_dict: dict[str, torch.Tensor]
+) -> LlamaMTSKForConditionalGeneration:
+    """A plain `LlamaMTSKForConditionalGeneration` like `model` (config, generation config, trainable parameters)
+    holding the full weights `state_dict`, its tied weights tied again."""
+    plain = LlamaMTSKForConditionalGeneration.from_pretrained(
+        None, config=model.config, state_dict=state_dict, dtype=model.dtype
+    )
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    for name, parameter in plain.named_parameters():
+        parameter.requires_grad_(name in trainable)
+    return plain
 
 
 class MatryoshkaTrainer(Trainer):
@@ -35,6 +63,8 @@ class MatryoshkaTrainer(Trainer):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise ValueError("MatryoshkaTrainer shards with FSDP2 only: `fsdp_version: 2` in the accelerate config")
         self.train_batches = train_batches
         self.eval_batches = eval_batches
         self.train_collator = train_collator
@@ -64,8 +94,30 @@ class MatryoshkaTrainer(Trainer):
             raise ValueError("MatryoshkaTrainer evaluates the eval split it was built with")
         return self._loader(self.eval_dataset, self.eval_batches, self.eval_collator)
 
+    def full_model(self) -> LlamaMTSKForConditionalGeneration:
+        """The trained model with all its weights on this process's device, to save and evaluate: the model itself,
+        or under FSDP2 a `copy_with_weights` on the gathered shards. Every process must call it."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, FSDPModule):
+            return model
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        return copy_with_weights(model, state_dict).to(self.args.device)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        if state_dict is None:  # one process or DDP: the model holds its weights
+            super()._save(output_dir)
+            return
+        # FSDP2 (FULL_STATE_DICT) and DeepSpeed gathered the weights, on process 0 at least.
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir or self.args.output_dir)
+        copy_with_weights(self.accelerator.unwrap_model(self.model), state_dict).save_pretrained(output_dir)
+        self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, output_dir / TRAINING_ARGS_NAME)
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        ctc_weight = getattr(self.args, "audio_ctc_weight", 0.0)
+        outputs = model(**inputs, **({"audio_ctc_weight": ctc_weight} if ctc_weight and model.training else {}))
         if outputs.scale_losses is not None and model.training:
             losses = outputs.scale_losses.detach()
             self._scale_loss_sum = losses if self._scale_loss_sum is None else self._scale_loss_sum + losses

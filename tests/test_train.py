@@ -13,11 +13,15 @@ import jiwer
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperModel
+from transformers.integrations import HfDeepSpeedConfig
 
 import train
 from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, save_fairseq_checkpoint
+from isolated import run_isolated
+from llama_mtsk.modeling_llama_mtsk import AUTO_MAP, SIBLING_MODULES
 from mtsk_data.records import load_split
 from mtsk_data.synth import generate_corpus
 from mtsk_train.arguments import parse_arguments
@@ -116,61 +120,167 @@ def test_resumed_run_matches_an_uninterrupted_one(workspace, tmp_path):
         torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-RANK_SPY = """
-import json, os, sys, hashlib
+# The code files of a checkpoint, and the scripts DeepSpeed adds beside its resume state (to turn it into weights).
+OUR_CODE_FILES = {"configuration_llama_mtsk.py", "modeling_llama_mtsk.py", *SIBLING_MODULES}
+DEEPSPEED_SCRIPTS = {"zero_to_fp32.py", "zero_to_torch.py"}
+
+
+def launch_two_processes(workspace: Path, root: Path, accelerate_config: str, port: int, use_cpu: bool) -> Path:
+    """train.py on two CPU processes with a shipped accelerate config (without mixed precision), through
+    tests/distributed_train.py; returns the run's folder, with the output in `run/` and the records in `records/`.
+    `use_cpu`: DeepSpeed runs only without it (accelerate sets DeepSpeed up on accelerator devices alone)."""
+    (root / "records").mkdir(parents=True)
+    # accelerate 1.15 starts ONE process for `--cpu --num_processes 2` (its multi-CPU launcher needs mpirun); the
+    # launcher of the GPU configs falls back to gloo on CPU-only machines and does start two.
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / accelerate_config), "--num_processes", "2",
+        "--mixed_precision", "no", "--main_process_port", str(port),
+        str(REPO / "tests" / "distributed_train.py"), str(root / "records"),
+        *tiny_arguments(
+            workspace, root / "run", use_cpu=use_cpu, transcribe_example=False, max_frames=300,
+            average_last_checkpoints=2,
+        ),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    completed = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return root
+
+
+def read_records(run: Path) -> dict[str, dict[int, object]]:
+    records = run / "records"
+    return {
+        "batches": {
+            rank: [json.loads(line) for line in (records / f"batches-{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)
+        },
+        "sharding": {rank: json.loads((records / f"sharding-{rank}.json").read_text()) for rank in (0, 1)},
+        "weights": {rank: torch.load(records / f"weights-{rank}.pt") for rank in (0, 1)},
+    }
+
+
+RELOAD_AND_TRANSCRIBE = """
+import json
 import torch
-sys.path.insert(0, {repo!r})
-import train
-from mtsk_data.collator import MTSKCollator
+from transformers import AutoModel, AutoProcessor, pipeline
 
-rank = int(os.environ["RANK"])
-original_call = MTSKCollator.__call__
-def recording_call(self, records):
-    if self.training:
-        with open(os.path.join({out!r}, f"batches-{{rank}}.jsonl"), "a") as file:
-            file.write(json.dumps([record["id"] for record in records]) + "\\n")
-    return original_call(self, records)
-MTSKCollator.__call__ = recording_call
-
-original_average = train.average_last_checkpoints
-def average_and_dump(model, *args, **kwargs):
-    result = original_average(model, *args, **kwargs)
-    state = {{name: tensor.detach().clone() for name, tensor in model.state_dict().items()}}
-    torch.save(state, os.path.join({out!r}, f"weights-{{rank}}.pt"))
-    return result
-train.average_last_checkpoints = average_and_dump
-train.main(sys.argv[1:])
+folders = json.loads(open("folders.json").read())
+clip = {"audio": open("clip.wav", "rb").read(), "video": open("clip.mp4", "rb").read()}
+outputs = {}
+for name, folder in folders["checkpoints"].items():
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__name__ == "LlamaMTSKForConditionalGeneration", type(model)
+    torch.save(model.state_dict(), f"{name}.pt")
+for name, folder in folders["finals"].items():
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    inputs = AutoProcessor.from_pretrained(folder, trust_remote_code=True)(audio=clip["audio"], videos=clip["video"])
+    recognizer = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)
+    outputs[name] = {"tokens": [], "scores": [], "transcripts": []}
+    for scale in model.config.scales:
+        # Eight tokens with their scores, as generated: four training steps teach the tiny model little beyond
+        # punctuation, which transcripts leave out.
+        generated = model.generate(
+            **inputs, scale=scale, min_new_tokens=8, max_new_tokens=8, return_dict_in_generate=True, output_scores=True
+        )
+        outputs[name]["tokens"].append(generated.sequences[0].tolist())
+        outputs[name]["scores"].append(torch.cat(generated.scores).tolist())
+        outputs[name]["transcripts"].append(recognizer(clip, scale=scale)["text"])
+open("outputs.json", "w").write(json.dumps(outputs))
 """
 
 
-def test_two_processes_train_disjoint_batches_and_agree_on_weights(workspace, tmp_path):
-    # accelerate 1.15 starts ONE process for `--cpu --num_processes 2` (its multi-CPU launcher needs mpirun); the
-    # multi-GPU launcher falls back to gloo on CPU-only machines and does start two.
-    spy = tmp_path / "spy.py"
-    spy.write_text(RANK_SPY.format(repo=str(REPO), out=str(tmp_path)))
-    output_dir = tmp_path / "ddp"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29611",
-        str(spy), *tiny_arguments(workspace, output_dir, use_cpu=True, transcribe_example=False, max_frames=300),
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    completed = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+def test_two_processes_train_alike_under_ddp_fsdp2_and_zero2(workspace, tmp_path):
+    ddp = launch_two_processes(workspace, tmp_path / "ddp", "ddp.yaml", 29611, use_cpu=True)
+    fsdp = launch_two_processes(workspace, tmp_path / "fsdp", "fsdp.yaml", 29612, use_cpu=True)
+    zero2 = launch_two_processes(workspace, tmp_path / "zero2", "deepspeed_zero2.yaml", 29613, use_cpu=False)
+    runs = {"ddp": ddp, "fsdp": fsdp, "zero2": zero2}
+    records = {name: read_records(run) for name, run in runs.items()}
 
-    batches = {rank: [json.loads(line) for line in (tmp_path / f"batches-{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)}
+    # Each run really is what its config says: FSDP2 trains on DTensor shards, DeepSpeed with ZeRO stage 2.
+    for rank in (0, 1):
+        assert records["ddp"]["sharding"][rank]["distributed_type"] == "DistributedType.MULTI_CPU"
+        assert records["ddp"]["sharding"][rank]["dtensors"] == 0
+        fsdp_sharding = records["fsdp"]["sharding"][rank]
+        assert fsdp_sharding["distributed_type"] == "DistributedType.FSDP"
+        assert fsdp_sharding["dtensors"] == fsdp_sharding["parameters"] > 0
+        assert records["zero2"]["sharding"][rank]["distributed_type"] == "DistributedType.DEEPSPEED"
+        assert records["zero2"]["sharding"][rank]["zero_stage"] == 2
+
+    # The two processes of a run train on disjoint batches, the same batches in every run.
+    batches = records["ddp"]["batches"]
     assert len(batches[0]) == len(batches[1]) == 4  # max_steps
-    assert batches[0] != batches[1]
     epoch_ids = {rank: set(sum(batches[rank][:2], [])) for rank in (0, 1)}
     assert not epoch_ids[0] & epoch_ids[1], "the two ranks saw the same samples in one epoch"
+    assert records["fsdp"]["batches"] == records["zero2"]["batches"] == batches
 
-    rank_weights = [torch.load(tmp_path / f"weights-{rank}.pt") for rank in (0, 1)]
-    saved = load_file(str(output_dir / "final" / "model.safetensors"))
-    for name, tensor in saved.items():
-        assert torch.equal(rank_weights[0][name], rank_weights[1][name]), name
-        assert torch.equal(rank_weights[0][name], tensor), name
-    initial = train.LlamaMTSKForConditionalGeneration.from_pretrained(output_dir / "checkpoint-2")
-    assert not torch.equal(initial.audio_projectors["4"].linear_1.weight, saved["audio_projectors.4.linear_1.weight"])
+    ddp_losses = [entry["loss"] for entry in log_history(ddp / "run", "checkpoint-4") if "loss" in entry]
+    ddp_report = json.loads((ddp / "run" / "final" / "eval_report.json").read_text())
+    for name, run in runs.items():
+        # Both processes go on with the same full weights, the mean of the last two checkpoints, which process 0 saved.
+        assert json.loads((run / "run" / "run_summary.json").read_text())["averaged_checkpoints"] == [
+            "checkpoint-2", "checkpoint-4"
+        ]
+        weights = records[name]["weights"]
+        for tensor_name, tensor in load_file(str(run / "run" / "final" / "model.safetensors")).items():
+            assert torch.equal(weights[0][tensor_name], weights[1][tensor_name]), (name, tensor_name)
+            assert torch.equal(weights[0][tensor_name], tensor), (name, tensor_name)
+        losses = [entry["loss"] for entry in log_history(run / "run", "checkpoint-4") if "loss" in entry]
+        assert losses == pytest.approx(ddp_losses, rel=1e-5), name
+        report = json.loads((run / "run" / "final" / "eval_report.json").read_text())
+        assert report == ddp_report, name
+        for folder in ("checkpoint-2", "checkpoint-4", "final"):
+            # Our own auto classes, our own code files only, and the tied output embedding saved once.
+            config = json.loads((run / "run" / folder / "config.json").read_text())
+            assert config["auto_map"] == AUTO_MAP, (name, folder)
+            code_files = {path.name for path in (run / "run" / folder).glob("*.py")} - DEEPSPEED_SCRIPTS
+            assert code_files == OUR_CODE_FILES, (name, folder)
+            with safe_open(str(run / "run" / folder / "model.safetensors"), framework="pt") as weights:
+                assert "language_model.lm_head.weight" not in weights.keys(), (name, folder)
+    initial = load_file(str(ddp / "run" / "checkpoint-2" / "model.safetensors"))
+    final = load_file(str(ddp / "run" / "final" / "model.safetensors"))
+    assert not torch.equal(initial["audio_projectors.4.linear_1.weight"], final["audio_projectors.4.linear_1.weight"])
+
+    # A Hub user's fresh process loads every checkpoint of every run and transcribes with the final ones.
+    workdir = tmp_path / "reload"
+    workdir.mkdir()
+    checkpoints = {
+        f"{name}-{folder}": str(run / "run" / folder)
+        for name, run in runs.items()
+        for folder in ("checkpoint-2", "final")
+    }
+    finals = {name: str(run / "run" / "final") for name, run in runs.items()}
+    (workdir / "folders.json").write_text(json.dumps({"checkpoints": checkpoints, "finals": finals}))
+    clip = load_split(workspace / "corpus", "test")[0]
+    (workdir / "clip.wav").write_bytes(clip["audio"]["bytes"])
+    (workdir / "clip.mp4").write_bytes(clip["video"]["bytes"])
+    run_isolated(RELOAD_AND_TRANSCRIBE, workdir)
+    for name in ("fsdp", "zero2"):
+        for folder in ("checkpoint-2", "final"):
+            expected = torch.load(workdir / f"ddp-{folder}.pt")
+            actual = torch.load(workdir / f"{name}-{folder}.pt")
+            assert actual.keys() == expected.keys()
+            for key in expected:  # FSDP reduce-scatters what DDP all-reduces: a few last bits may differ
+                message = f"{name}/{folder}: {key}"
+                torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=1e-5, msg=message)
+    outputs = json.loads((workdir / "outputs.json").read_text())
+    assert all(len(tokens) == 8 for tokens in outputs["ddp"]["tokens"])
+    for name in ("fsdp", "zero2"):
+        assert outputs[name]["tokens"] == outputs["ddp"]["tokens"], name
+        assert outputs[name]["transcripts"] == outputs["ddp"]["transcripts"], name
+        scores, ddp_scores = torch.tensor(outputs[name]["scores"]), torch.tensor(outputs["ddp"]["scores"])
+        torch.testing.assert_close(scores, ddp_scores, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_deepspeed_zero3_is_refused_before_assembly(workspace, tmp_path):
+    model_args, _, _ = parse_arguments(tiny_arguments(workspace, tmp_path))
+    # What the Trainer's arguments set up under a ZeRO-3 config: transformers follows it while it lives.
+    zero3_config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
+    try:
+        with pytest.raises(ValueError, match="ZeRO-3 is not supported; shard the parameters with .*fsdp.yaml"):
+            train.build_model(model_args)
+    finally:
+        del zero3_config
 
 
 def test_evaluation_report_equals_jiwer_on_the_hypotheses(workspace, tmp_path):
