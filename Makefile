@@ -29,6 +29,7 @@ real-asr: $(BIN)/.installed
 	$(BIN)/python -m mtsk_data.prepare asterisk --out data/asterisk
 	$(BIN)/python -m mtsk_data.synth --out data/embedded
 	$(BIN)/python train.py configs/real_asr.yaml
+	$(BIN)/python -m mtsk_train.whisper_anchor --data data/asterisk --split test --report outputs/real_asr/final
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 tests

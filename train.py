@@ -36,6 +36,7 @@ from mtsk_data.streaming import StreamingFrameBatches
 from mtsk_train.arguments import DataArguments, ModelArguments, MTSKTrainingArguments, parse_arguments, parse_snrs
 from mtsk_train.assemble import assemble_model
 from mtsk_train.averaging import average_checkpoints, last_checkpoints
+from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
 from mtsk_train.evaluation import evaluate_scales, markdown_table, wer_table, write_report
 from mtsk_train.resume import check_resume_checkpoint
 from mtsk_train.trainer import MatryoshkaTrainer, StreamingEpochCallback, TimeBudgetCallback
@@ -96,6 +97,29 @@ def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGene
     )
 
 
+def load_records(data_args: DataArguments, split: str, extra_dirs: list[str] = ()):
+    """One split of `dataset_dir`, joined by the same split of every folder in `extra_dirs` (at most
+    `extra_train_max_clips` clips of each, the first ones), without clips longer than `max_clip_seconds`."""
+    from datasets import concatenate_datasets
+
+    parts = [load_split(data_args.dataset_dir, split)]
+    for folder in extra_dirs:
+        extra = load_split(folder, split)
+        if data_args.extra_train_max_clips is not None:
+            extra = extra.select(range(min(data_args.extra_train_max_clips, len(extra))))
+        parts.append(extra.select_columns(parts[0].column_names))
+    records = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if data_args.max_clip_seconds is not None:
+        kept = [index for index, duration in enumerate(records["duration"]) if duration <= data_args.max_clip_seconds]
+        if len(kept) < len(records):
+            logger.info(
+                "%s: leaving out %d of %d clips longer than max_clip_seconds=%g",
+                split, len(records) - len(kept), len(records), data_args.max_clip_seconds,
+            )
+            records = records.select(kept)
+    return records
+
+
 def noise_source(data_args: DataArguments, train_records, seed: int) -> NoiseSource:
     if data_args.noise_file is not None:
         return NoiseSource.from_file(data_args.noise_file)
@@ -123,11 +147,13 @@ def transcribe_example(final_dir: Path, record: dict, scale: tuple) -> str:
     from transformers import pipeline
 
     recognizer = pipeline("automatic-speech-recognition", model=str(final_dir), trust_remote_code=True)
-    source = {"audio": record["audio"]["bytes"], "video": record["video"]["bytes"]}
-    if recognizer.model.config.modality == "audio":
-        source = record["audio"]["bytes"]
-    elif recognizer.model.config.modality == "video":
+    modality = recognizer.model.config.modality
+    if modality == "audio":
+        source = record["audio"]["bytes"]  # audio-only corpora have no video at all
+    elif modality == "video":
         source = record["video"]["bytes"]
+    else:
+        source = {"audio": record["audio"]["bytes"], "video": record["video"]["bytes"]}
     return recognizer(source, scale=scale)["text"]
 
 
@@ -148,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.world_size > 1 and trains_batch_norm and torch.cuda.is_available():
         # As the authors: BatchNorm statistics of a trained AV-HuBERT front end over the global batch (GPU only).
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_records = load_split(data_args.dataset_dir, data_args.train_split)
+    train_records = load_records(data_args, data_args.train_split, data_args.extra_train_dirs)
     noise = noise_source(data_args, train_records, training_args.seed)
 
     augmentation = AugmentationConfig(train_snrs_db=tuple(parse_snrs(data_args.train_snrs_db)))
@@ -166,9 +192,15 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         lengths = frame_counts(train_records["n_frames"], train_records["duration"])
         train_batches = FrameBatchSampler(lengths, data_args.max_frames, seed=training_args.seed)
+    if data_args.cache_audio_encoder_outputs:  # after the sampler has checked every clip fits a batch
+        if data_args.streaming:
+            raise ValueError("cache_audio_encoder_outputs encodes the whole training split up front: drop streaming")
+        check_cacheable(model, data_args.augment)
+        train_list = [train_records[index] for index in range(len(train_records))]
+        train_collator = EncodedAudioCollator(processor, encode_audio_records(model, processor, train_list))
     eval_records = eval_batches = None
     if data_args.eval_split is not None:
-        eval_records = load_split(data_args.dataset_dir, data_args.eval_split)
+        eval_records = load_records(data_args, data_args.eval_split)
         eval_lengths = frame_counts(eval_records["n_frames"], eval_records["duration"])
         eval_batches = FrameBatchSampler(eval_lengths, data_args.max_frames, shuffle=False)
     if training_args.max_train_minutes is not None:
@@ -211,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     final_dir = Path(training_args.output_dir) / "final"
     if trainer.is_world_process_zero():
         save_checkpoint(final_dir, model, processor, model_name=training_args.hub_model_id)
-    test_records = load_split(data_args.dataset_dir, data_args.test_split)
+    test_records = load_records(data_args, data_args.test_split)
     if training_args.eval_max_samples is not None:
         test_records = test_records.select(range(min(training_args.eval_max_samples, len(test_records))))
     test_list = [test_records[index] for index in range(len(test_records))]

@@ -1044,6 +1044,24 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             sample_index = torch.arange(batch_size, device=device)
         if scale_index is None:
             scale_index = torch.zeros_like(sample_index)
+        audio, video = self._modality_tokens(
+            input_features, input_features_mask, pixel_values_videos, pixel_values_videos_mask,
+            audio_encoder_outputs, audio_encoder_outputs_mask, scale_index, sample_index,
+        )
+        return self._build_sequences(audio, video, sample_index, input_ids, attention_mask, labels, padding_side)
+
+    def _modality_tokens(
+        self,
+        input_features: torch.Tensor | None,
+        input_features_mask: torch.Tensor | None,
+        pixel_values_videos: torch.Tensor | None,
+        pixel_values_videos_mask: torch.Tensor | None,
+        audio_encoder_outputs: torch.Tensor | None,
+        audio_encoder_outputs_mask: torch.Tensor | None,
+        scale_index: torch.Tensor,
+        sample_index: torch.Tensor,
+    ) -> tuple[_Tokens | None, _Tokens | None]:
+        """The projected audio and video tokens of every row (`None` for a modality the model does not use)."""
         row_scales = [self.config.scales[index] for index in scale_index.tolist()]
         audio = video = None
         if self.config.uses_audio:
@@ -1057,7 +1075,7 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             features, lengths = self._encode_video(pixel_values_videos, pixel_values_videos_mask)
             rates = [video_rate for _, video_rate in row_scales]
             video = self._project(features, lengths, rates, sample_index, self.video_projectors)
-        return self._build_sequences(audio, video, sample_index, input_ids, attention_mask, labels, padding_side)
+        return audio, video
 
     # -- forward and generate ----------------------------------------------------------------------------------------
 
@@ -1074,6 +1092,7 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         scale_index: torch.LongTensor | None = None,
         audio_encoder_outputs: torch.FloatTensor | None = None,
         audio_encoder_outputs_mask: torch.Tensor | None = None,
+        audio_ctc_weight: float = 0.0,
         inputs_embeds: torch.FloatTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -1102,6 +1121,11 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             audio_encoder_outputs (`torch.FloatTensor` of shape `(batch, frames, d)`, *optional*):
                 The audio encoder's outputs instead of `input_features` (see `encode_audio`), zero-padded, with
                 `audio_encoder_outputs_mask` (`(batch, frames)`, 1 on real frames).
+            audio_ctc_weight (`float`, *optional*, defaults to 0):
+                Matryoshka objective only: adds this weight times a CTC loss that reads each projected audio token as
+                a word piece (its similarity to the LLM's input embeddings of the batch's transcript tokens, the pad
+                token's as the blank). It pulls the audio tokens towards the embeddings the frozen LLM already reads,
+                which shortens the search for that alignment; it is a training aid, not part of the paper's method.
         """
         kwargs.pop("num_items_in_batch", None)
         media = {
@@ -1136,7 +1160,7 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         batch_size = self._check_inputs(input_features, pixel_values_videos, input_ids, labels, audio_encoder_outputs)
         device = _media_device(input_features, audio_encoder_outputs, pixel_values_videos)
         if labels is not None and scale is None and scale_index is None:
-            return self._matryoshka_forward(media, input_ids, attention_mask, labels, **kwargs)
+            return self._matryoshka_forward(media, input_ids, attention_mask, labels, audio_ctc_weight, **kwargs)
 
         if scale_index is None:
             scale_index = self._row_scale_indices(scale, batch_size, device)
@@ -1162,6 +1186,7 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor,
+        audio_ctc_weight: float = 0.0,
         **kwargs,
     ) -> LlamaMTSKCausalLMOutput:
         """Encoders once; every scale's sequence of every sample packed into one batch; one LLM pass; the mean of the
@@ -1171,9 +1196,9 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         device = labels.device
         scale_index = torch.arange(num_scales, device=device).repeat_interleave(batch_size)
         sample_index = torch.arange(batch_size, device=device).repeat(num_scales)
-        inputs_embeds, sequence_mask, sequence_labels = self.build_inputs_embeds(
-            **media, input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-            scale_index=scale_index, sample_index=sample_index,
+        audio, video = self._modality_tokens(**media, scale_index=scale_index, sample_index=sample_index)
+        inputs_embeds, sequence_mask, sequence_labels = self._build_sequences(
+            audio, video, sample_index, input_ids, attention_mask, labels, "right"
         )
         inputs_embeds, position_ids, sequence_labels, token_scales = pack_sequences(
             inputs_embeds, sequence_mask, sequence_labels, scale_index
@@ -1191,7 +1216,25 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         target_scales = token_scales[:, 1:][predicted]
         scale_losses = torch.zeros(num_scales, device=device, dtype=token_losses.dtype).index_add(0, target_scales, token_losses)
         scale_losses = scale_losses / torch.bincount(target_scales, minlength=num_scales).clamp(min=1)
-        return LlamaMTSKCausalLMOutput(loss=scale_losses.mean(), scale_losses=scale_losses)
+        loss = scale_losses.mean()
+        if audio_ctc_weight:
+            loss = loss + audio_ctc_weight * self._audio_ctc_loss(audio, labels[sample_index])
+        return LlamaMTSKCausalLMOutput(loss=loss, scale_losses=scale_losses)
+
+    def _audio_ctc_loss(self, audio: _Tokens, labels: torch.Tensor) -> torch.Tensor:
+        """CTC of every row's projected audio tokens against its transcript tokens (without EOS), each token scored by
+        its dot product with the LLM's input embeddings of the word pieces in the batch and of the pad token (the
+        blank). Rows with fewer audio tokens than CTC needs (coarse rates, fast speech) contribute nothing."""
+        eos, blank = self._special_token_id("eos_token_id"), self._special_token_id("pad_token_id")
+        is_target = (labels != IGNORE_INDEX) & (labels != eos)
+        pieces = torch.unique(labels[is_target])
+        classes = torch.cat([torch.tensor([blank], device=labels.device), pieces])
+        logits = audio.embeddings @ self.get_input_embeddings().weight[classes].T  # (rows, tokens, classes)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+        targets = torch.searchsorted(pieces, labels[is_target]) + 1  # class index; 0 is the blank
+        return F.ctc_loss(
+            log_probs, targets, audio.counts, is_target.sum(-1), blank=0, reduction="mean", zero_infinity=True
+        )
 
     # -- adaptive inference ------------------------------------------------------------------------------------------
 

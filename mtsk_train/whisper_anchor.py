@@ -1,6 +1,10 @@
 """The anchor a Whisper-encoder Llama-MTSK is judged against: the same Whisper checkpoint with its own decoder.
 
-    python -m mtsk_train.whisper_anchor --whisper whisper-tiny.en --data data/asterisk --split test
+    python -m mtsk_train.whisper_anchor --whisper whisper-tiny.en --data data/asterisk --split test \
+        --report outputs/real_asr/final
+
+`--report DIR` writes `DIR/whisper_anchor.json` and adds the anchor's row to the evaluation report `DIR/eval_report.md`
+that training wrote for the same split.
 
 Whisper writes numbers as digits ("Press 1") where corpus transcripts spell them ("press one"); its transcripts have
 their numbers spelled out before the shared normalisation, so that a digit is not counted as an error. The WER is
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--whisper", default=WHISPER_TINY_EN, help="Whisper folder or Hub id, or whisper-tiny.en")
     parser.add_argument("--data", required=True, help="prepared corpus folder")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--output", help="write the result as JSON here")
+    parser.add_argument("--report", help="a checkpoint folder with eval_report.md: add the anchor's row and JSON there")
     args = parser.parse_args(argv)
     whisper = args.whisper
     if whisper == WHISPER_TINY_EN:
@@ -109,8 +113,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = load_split(args.data, args.split)
     result = evaluate_whisper_decoder(whisper, [split[index] for index in range(len(split))])
     print(f"{result['system']}: WER {100 * result['wer']:.2f} % ({result['errors']} / {result['reference_words']} words)")
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    if args.report:
+        add_to_report(result, Path(args.report), args.split)
+
+
+def add_to_report(result: dict[str, Any], report_dir: Path, split: str) -> None:
+    """Writes `whisper_anchor.json` beside `eval_report.md` and appends the anchor's row to that report."""
+    report = report_dir / "eval_report.md"
+    if not report.is_file():
+        raise FileNotFoundError(f"{report} does not exist: evaluate the checkpoint first (train.py writes it)")
+    (report_dir / "whisper_anchor.json").write_text(json.dumps(result, indent=2) + "\n")
+    row = (
+        f"\n## Anchor: the same Whisper with its own decoder ({split} split, numbers spelled out)\n\n"
+        "| system | WER (%) | errors / words |\n|---|---|---|\n"
+        f"| {result['system']} | {100 * result['wer']:.1f} | {result['errors']} / {result['reference_words']} |\n"
+    )
+    with report.open("a") as handle:
+        handle.write(row)
 
 
 if __name__ == "__main__":

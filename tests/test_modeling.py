@@ -268,3 +268,21 @@ def test_fresh_whisper_encoder_gets_its_sinusoidal_positions():
     model = tiny_model(modality="audio", lora_strategy="ms")
     positions = model.audio_encoder.embed_positions.weight
     torch.testing.assert_close(positions, sinusoids(*positions.shape))
+
+
+def test_audio_ctc_aid_adds_a_finite_loss_that_trains_the_projectors():
+    model = tiny_model(modality="audio", lora_strategy="mss", audio_rates=[4, 16]).train()
+    inputs = tiny_inputs(model.config)
+    labels = transcript_labels(model.config)
+    plain = model(**inputs, labels=labels)
+    assert torch.equal(model(**inputs, labels=labels, audio_ctc_weight=0.0).loss, plain.loss)
+    model.zero_grad()
+    aided = model(**inputs, labels=labels, audio_ctc_weight=0.5)
+    assert torch.equal(aided.scale_losses, plain.scale_losses)
+    ctc = (aided.loss - plain.loss) / 0.5
+    assert torch.isfinite(ctc) and ctc > 0
+    (aided.loss - plain.loss).backward()
+    # Rate 4 gives every row enough tokens for CTC; its projector learns from it, the frozen LLM does not.
+    gradients = [parameter.grad for parameter in model.audio_projectors["4"].parameters()]
+    assert any(gradient is not None and gradient.abs().sum() > 0 for gradient in gradients)
+    assert model.get_input_embeddings().weight.grad is None
