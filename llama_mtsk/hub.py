@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch.distributed.fsdp import FSDPModule
 
@@ -77,6 +78,7 @@ def model_card(
     language: str | list[str] | None = "en",
     license: str | None = None,
     datasets: str | list[str] | None = None,
+    cascade: Mapping[str, Any] | None = None,
 ):
     """
     The model card (`huggingface_hub.ModelCard`) of a Llama-MTSK checkpoint: Hub metadata (pipeline tag, library, tags,
@@ -89,6 +91,9 @@ def model_card(
         wer_table: `{dataset name: {scale: WER in %}}`, e.g. `{"LRS3 test": {(4, 2): 2.4, (16, 5): 3.5}}`.
         base_model: The Hub id of the LLM the model was built on, if it has one.
         language, license, datasets: Optional Hub metadata.
+        cascade: The calibrated cascade's evaluation, when known: `dataset`, `wer` and `llm_tokens` (WER % and LLM
+            tokens processed per clip), `finest_wer` and `finest_llm_tokens` (the finest scale's), `threshold` and
+            `confidence`.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -152,6 +157,19 @@ asr({example_input[config.modality]}, scale={_scale_label(scales[-1])})["text"] 
             for scale in scales
         ]
         results = "\n## Results (WER %, lower is better)\n\n" + header + "\n" + "\n".join(lines) + "\n"
+    if cascade:
+        results += f"""
+## Adaptive inference
+
+`scale="cascade"` decodes at the coarsest scale first and again at finer scales only where the transcript's
+{cascade["confidence"]} token log-probability is below {cascade["threshold"]:.4g} (calibrated, stored in
+`generation_config.json`).
+
+| {cascade["dataset"]} | WER (%) | LLM tokens per clip (input and generated, every pass) |
+|---|---|---|
+| cascade | {cascade["wer"]:.2f} | {cascade["llm_tokens"]:.1f} |
+| finest scale | {cascade["finest_wer"]:.2f} | {cascade["finest_llm_tokens"]:.1f} |
+"""
     text_config = config.text_config
     body = f"""
 # {model_name}

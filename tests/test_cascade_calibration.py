@@ -66,3 +66,62 @@ def test_the_cheapest_threshold_within_the_allowed_increase_is_chosen():
     assert {point.threshold for point in frontier} >= {-math.inf, math.inf}
     loose, _ = choose_threshold([coarse, fine], references, max_wer_increase=1.0)
     assert loose.threshold == -math.inf and loose.mean_llm_tokens == 10
+
+
+def test_calibration_is_stored_in_the_checkpoint_and_loads_in_a_fresh_process(tmp_path):
+    import json
+
+    from llama_mtsk.hub import save_checkpoint
+    from mtsk_data.synth import generate_corpus
+    from mtsk_train.assemble import assemble_model
+    from mtsk_train.evaluation import main as evaluation_main
+    from isolated import run_isolated
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    generate_corpus(str(tmp_path / "corpus"), num_train=4, num_validation=6, num_test=5, seed=5, workers=1)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "corpus" / "tokenizer")
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    ).save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    model, processor = assemble_model(
+        llm=str(tmp_path / "llm"),
+        audio_encoder={"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+                       "num_mel_bins": 80, "max_source_positions": 200},
+        modality="audio", audio_rates=[4, 8, 16], projector_hidden_size=16, lora_r=4, lora_alpha=8,
+    )
+    save_checkpoint(tmp_path / "model", model.eval(), processor)
+    evaluation_main([
+        "--model", str(tmp_path / "model"), "--data", str(tmp_path / "corpus"), "--split", "test",
+        "--calibrate_cascade", "--budgets", "30,60", "--max_new_tokens", "4", "--batch_size", "4",
+    ])
+    calibration = json.loads((tmp_path / "model" / "cascade_calibration.json").read_text())
+    stored = json.loads((tmp_path / "model" / "generation_config.json").read_text())
+    assert stored["cascade_threshold"] == calibration["chosen"]["threshold"]
+    assert stored["cascade_confidence"] == calibration["chosen"]["confidence"]
+    assert calibration["chosen"]["wer"] <= calibration["finest_wer"] + 0.005 + 1e-12
+    report = json.loads((tmp_path / "model" / "eval_report.json").read_text())
+    assert [row["mode"] for row in report] == ["fixed"] * 3 + ["auto", "auto", "cascade"]
+    assert all(row["mean_llm_tokens_processed"] > row["mean_llm_tokens"] for row in report)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "## Adaptive inference" in card and f"{stored['cascade_threshold']:.4g}" in card
+
+    run_isolated(
+        f"""
+        import json, math
+        import numpy as np
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        assert model.generation_config.cascade_threshold == float({str(stored["cascade_threshold"])!r})
+        assert model.generation_config.cascade_confidence == {stored["cascade_confidence"]!r}
+        inputs = processor(audio=[np.sin(np.arange(16000) / 9).astype("float32")], sampling_rate=16000)
+        out = model.generate(**inputs, scale="cascade", return_dict_in_generate=True, max_new_tokens=3)
+        assert out.scales[0] in model.config.scales and int(out.llm_tokens[0]) > 0
+        """,
+        tmp_path,
+    )
