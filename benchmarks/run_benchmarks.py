@@ -265,7 +265,7 @@ def one_pass_per_scale_loss(model, inputs: dict[str, torch.Tensor], labels: torc
     """The authors' step: encoders once, then one LLM pass per scale; the loss is the mean of the per-scale losses."""
     batch_size = labels.shape[0]
     sample_index = torch.arange(batch_size, device=labels.device)
-    audio_features, audio_lengths = model._encode_audio(inputs["input_features"], inputs["input_features_mask"])
+    audio_features, audio_lengths = model.encode_audio(inputs["input_features"], inputs["input_features_mask"])
     video_features, video_lengths = model._encode_video(inputs["pixel_values_videos"], inputs["pixel_values_videos_mask"])
     losses = []
     for index, (audio_rate, video_rate) in enumerate(model.config.scales):

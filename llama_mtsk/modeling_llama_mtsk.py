@@ -452,18 +452,22 @@ class MatryoshkaLoRALinear(nn.Linear):
         routes = _ACTIVE_LORA_ROUTES.get()
         if not routes:
             return output
+        # The adapters run on the flattened (batch x sequence) tokens: one 2-D product, whatever the batch layout.
+        inputs = hidden_states.reshape(-1, self.in_features)
+        flat_output = output.reshape(-1, self.out_features)
         for name, route in routes.items():
             down, up = self.lora_A[name], self.lora_B[name]
             if route.index is None:
-                output = output + up(down(hidden_states)) * self.scaling
-            elif route.per_token:
-                inputs = hidden_states.reshape(-1, self.in_features)[route.index]
-                update = (up(down(inputs)) * self.scaling).to(output.dtype)
-                output = output.reshape(-1, self.out_features).index_add(0, route.index, update).view_as(output)
-            else:
-                update = (up(down(hidden_states[route.index])) * self.scaling).to(output.dtype)
-                output = output.index_add(0, route.index, update)
-        return output
+                flat_output = flat_output + up(down(inputs)) * self.scaling
+                continue
+            if route.per_token:
+                positions = route.index
+            else:  # the rows in `route.index`, every position of each
+                length = hidden_states.shape[1]
+                positions = (route.index[:, None] * length + torch.arange(length, device=route.index.device)).reshape(-1)
+            update = (up(down(inputs[positions])) * self.scaling).to(flat_output.dtype)
+            flat_output = flat_output.index_add(0, positions, update)
+        return flat_output.view_as(output)
 
 
 def _media_device(*media: torch.Tensor | None) -> torch.device:
