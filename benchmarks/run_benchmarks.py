@@ -37,7 +37,7 @@ import yaml
 from transformers import GenerationMixin, LlamaConfig, WhisperConfig
 
 from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
-from llama_mtsk.modeling_llama_mtsk import IGNORE_INDEX
+from llama_mtsk.modeling_llama_mtsk import IGNORE_INDEX, use_lora_routes
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,8 +272,8 @@ def one_pass_per_scale_loss(model, inputs: dict[str, torch.Tensor], labels: torc
         audio = model._project(audio_features, audio_lengths, [audio_rate] * batch_size, sample_index, model.audio_projectors)
         video = model._project(video_features, video_lengths, [video_rate] * batch_size, sample_index, model.video_projectors)
         embeds, mask, sequence_labels = model._build_sequences(audio, video, sample_index, None, None, labels, "right")
-        model._route_lora(torch.full((batch_size,), index, device=labels.device), embeds.shape[1])
-        logits = model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        with use_lora_routes(model.lora_routes_for(torch.full((batch_size,), index, device=labels.device))):
+            logits = model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         targets = sequence_labels[:, 1:]
         predicted = targets != IGNORE_INDEX
         losses.append(F.cross_entropy(logits[:, :-1][predicted].float(), targets[predicted]))
