@@ -1,8 +1,8 @@
 # Copyright 2026 The llama-mtsk authors. Licensed under the Apache License, Version 2.0.
 """Export one Matryoshka scale of a Llama-MTSK model to the standard peft format.
 
-The model keeps its LoRA adapters in its own module (a global pair and/or one pair per scale, see DESIGN.md); peft is
-the interchange format. For a chosen scale this writes three folders:
+The model keeps its LoRA adapters in its own module (a global pair and/or one pair per scale, as the LoRA strategy
+says: MS, SS or MSS); peft is the interchange format. For a chosen scale this writes three folders:
 
 - `base/`: the plain LLM (`AutoModelForCausalLM`, e.g. `LlamaForCausalLM`) without any adapter;
 - `adapter/`: a peft LoRA adapter for that LLM holding the scale's adapters: MS the global one, SS the scale's one,
@@ -27,6 +27,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from llama_mtsk.modeling_llama_mtsk import lora_adapter_names
+
 
 def _is_lora_layer(module: nn.Module) -> bool:
     # Duck-typed: a model loaded through remote code has its own copy of the LoRA class.
@@ -34,10 +36,10 @@ def _is_lora_layer(module: nn.Module) -> bool:
 
 
 def scale_adapter_names(config, scale) -> list[str]:
-    """The model's adapters that are active at `scale`, in the order they are stacked in the exported adapter."""
-    scale = config.normalize_scale(scale)
-    scale_name = config.scale_name(scale)
-    return {"ms": ["global"], "ss": [scale_name], "mss": ["global", scale_name], "none": []}[config.lora_strategy]
+    """The model's adapters that are active at `scale` (the global one and the scale's own, as the strategy defines
+    them), in the order they are stacked in the exported adapter."""
+    scale_name = config.scale_name(config.normalize_scale(scale))
+    return [name for name in lora_adapter_names(config) if name in ("global", scale_name)]
 
 
 def plain_language_model(model) -> nn.Module:
