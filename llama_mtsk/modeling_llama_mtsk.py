@@ -31,7 +31,7 @@ from .configuration_llama_mtsk import AVHubertConfig, LlamaMTSKConfig
 
 
 # The remote-code modules a checkpoint carries besides this one and its config (see `save_pretrained`).
-SIBLING_MODULES = ("processing_llama_mtsk.py", "pipeline_llama_mtsk.py", "mouth_roi.py")
+SIBLING_MODULES = ("processing_llama_mtsk.py", "media_llama_mtsk.py", "pipeline_llama_mtsk.py", "mouth_roi.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_llama_mtsk.LlamaMTSKConfig",
     "AutoModel": "modeling_llama_mtsk.LlamaMTSKForConditionalGeneration",

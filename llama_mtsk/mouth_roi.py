@@ -3,7 +3,7 @@
 The lip-reading encoder reads a 96x96 crop around the mouth at 25 fps, aligned so that the face has the same pose
 and size in every clip (the auto_avsr preprocessing the paper follows). :class:`MouthROIExtractor` produces it:
 
-1. the frames are resampled in time to 25 fps (nearest source frame);
+1. the frames are resampled in time to 25 fps (the frame on screen at each output time);
 2. in every frame the face is detected (dlib's HOG frontal-face detector, the highest-scoring face, searched near
    the previous frame's face first) and its 68 landmarks (iBUG 300-W markup) are predicted with dlib's shape
    predictor;
@@ -26,8 +26,9 @@ import os
 
 import numpy as np
 
+from .media_llama_mtsk import VIDEO_FPS, resample_frames, rgb_to_gray
 
-TARGET_FPS = 25.0
+
 MOUTH_LANDMARKS = slice(48, 68)
 # Landmarks that move little while speaking (nose bridge and tip, eye corners, mouth corners) carry the alignment.
 STABLE_LANDMARKS = (28, 33, 36, 39, 42, 45, 48, 54)
@@ -80,18 +81,6 @@ def looks_like_mouth_roi(frames: np.ndarray, max_side: int = 160, max_aspect_rat
     if min(height, width) == 0:
         raise ValueError(f"looks_like_mouth_roi: frames have an empty side, shape {shape}")
     return max(height, width) <= max_side and max(height, width) / min(height, width) <= max_aspect_ratio
-
-
-def resample_indices(n_frames: int, fps: float, target_fps: float = TARGET_FPS) -> np.ndarray:
-    """Indices of the source frames that make a ``target_fps`` video of the same duration (nearest frame in time)."""
-    if n_frames < 1:
-        raise ValueError(f"resample_indices: expected at least one frame, got {n_frames}")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"resample_indices: fps must be a positive number, got {fps}")
-    if abs(fps - target_fps) < 1e-6:
-        return np.arange(n_frames)
-    n_out = max(1, round(n_frames * target_fps / fps))
-    return np.minimum(np.round(np.arange(n_out) * fps / target_fps).astype(np.int64), n_frames - 1)
 
 
 def interpolate_missing(landmarks: np.ndarray) -> np.ndarray:
@@ -148,14 +137,6 @@ def fit_similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.nd
     rotation = u @ np.diag(signs) @ vt
     scale = float((singular_values * signs).sum() / variance)
     return scale, rotation, target_mean - scale * rotation @ source_mean
-
-
-def _to_gray(frame: np.ndarray) -> np.ndarray:
-    if frame.ndim == 2:
-        return frame
-    # ITU-R BT.601 luma (0.299, 0.587, 0.114) in 8-bit fixed point: twice as fast as floats on a large frame.
-    weighted = frame[..., 0] * np.uint16(77) + frame[..., 1] * np.uint16(150) + frame[..., 2] * np.uint16(29)
-    return ((weighted + 128) >> 8).astype(np.uint8)
 
 
 def _sample_bilinear(frames: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -255,7 +236,7 @@ class MouthROIExtractor:
         landmarks = np.full((len(frames), 68, 2), np.nan, dtype=np.float32)
         previous = None
         for index, frame in enumerate(frames):
-            gray = np.ascontiguousarray(_to_gray(frame))
+            gray = frame if frame.ndim == 2 else np.rint(rgb_to_gray(frame)).astype(np.uint8)
             box = self._detect_face(gray, previous)
             if box is None:
                 continue
@@ -347,7 +328,8 @@ class MouthROIExtractor:
 
         Args:
             frames: uint8 ``(T, H, W)`` grayscale or ``(T, H, W, 3)`` RGB.
-            fps: the frame rate of ``frames``; other rates than 25 are resampled (nearest frame in time).
+            fps: the frame rate of ``frames``; other rates than 25 are resampled (the frame on screen at each output
+                time, as the processor resamples).
 
         Returns:
             uint8 ``(T', crop_size, crop_size[, 3])`` at 25 fps, ``T' = round(T * 25 / fps)``.
@@ -357,7 +339,9 @@ class MouthROIExtractor:
             ImportError: if dlib or the landmark model is not installed (the message says what to install).
         """
         frames = _check_frames(frames)
-        frames = frames[resample_indices(len(frames), fps)]
+        if not (fps > 0 and math.isfinite(fps)):
+            raise ValueError(f"extract: fps must be a positive number, got {fps}")
+        frames = resample_frames(frames, np.arange(len(frames)) / fps, VIDEO_FPS)
         landmarks = interpolate_missing(self.detect_landmarks(frames))
         return self.crop(frames, smooth_landmarks(landmarks, self.smoothing_window))
 

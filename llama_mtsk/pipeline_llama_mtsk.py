@@ -18,13 +18,13 @@ from transformers.pipelines.base import ChunkPipeline, no_collate_fn
 from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 from torch.utils.data import DataLoader
 
-from .processing_llama_mtsk import (
+from .media_llama_mtsk import (
     SAMPLES_PER_FRAME,
     SAMPLING_RATE,
     VIDEO_FPS,
-    _clip_channels,
-    _is_media_source,
     align_audio_to_frames,
+    clip_channels,
+    is_media_source,
     load_audio,
     load_audiovisual,
     load_video,
@@ -179,16 +179,7 @@ class LlamaMTSKPipeline(ChunkPipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError("LlamaMTSKPipeline needs the checkpoint's processor (processor_config.json)")
-        config = self.model.config
-        if config.uses_audio:
-            model_frames = 2 * config.audio_config.max_source_positions
-            processor_frames = self.processor.window_samples // self.processor.feature_extractor.hop_length
-            if model_frames != processor_frames:
-                raise ValueError(
-                    f"The processor's Whisper window ({processor_frames} mel frames) differs from the model's "
-                    f"({model_frames} = 2 x audio_config.max_source_positions); build the processor with "
-                    "LlamaMTSKProcessor.from_model_config(config, tokenizer)"
-                )
+        self.processor.check_whisper_window(self.model.config)
         self._mouth_roi_extractor = None
 
     def _sanitize_parameters(
@@ -261,7 +252,7 @@ class LlamaMTSKPipeline(ChunkPipeline):
                 raise ValueError(f'input["audio"] is a dict with keys {sorted(value)}; expected {_ACCEPTED_INPUTS}')
             sampling_rate = value.get("sampling_rate", sampling_rate)
             value = value["raw"] if "raw" in value else value["array"]
-        if _is_media_source(value):
+        if is_media_source(value):
             return load_audio(value)
         if sampling_rate is None:
             raise ValueError('input["audio"] is a raw waveform: give its rate as input["sampling_rate"]')
@@ -273,10 +264,10 @@ class LlamaMTSKPipeline(ChunkPipeline):
         value = self._unwrap_record(value)
         if isinstance(value, dict):
             raise ValueError(f'input["video"] is a dict with keys {sorted(value)}; expected {_ACCEPTED_INPUTS}')
-        if _is_media_source(value):
+        if is_media_source(value):
             return load_video(value, fps=VIDEO_FPS, gray=True, max_short_side=MAX_VIDEO_SHORT_SIDE)[0]
         frames = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        if _clip_channels(frames, name='input["video"]') == 1:
+        if clip_channels(frames, name='input["video"]') == 1:
             frames = frames[..., 0]
         if len(frames) == 0:
             raise ValueError('input["video"] has zero frames')
@@ -289,7 +280,7 @@ class LlamaMTSKPipeline(ChunkPipeline):
 
     def _decode(self, inputs: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Any accepted input -> (16 kHz float32 waveform or None, 25 fps frames or None)."""
-        if _is_media_source(inputs):
+        if is_media_source(inputs):
             return self._decode_file(inputs)
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
             return prepare_audio(inputs, SAMPLING_RATE, name="input audio"), None

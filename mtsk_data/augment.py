@@ -1,9 +1,10 @@
-"""Training augmentation of Llama-MTSK (auto_avsr recipe, SPEC.md section 6) and noise for evaluation.
+"""Training augmentation of Llama-MTSK (the authors' recipe, which their code takes from auto_avsr) and noise for
+evaluation.
 
 Train (per utterance, before the processor normalises):
-    video: crop ``image_size`` at a random position (eval: the centre), then time masking: for every second of video
-        (``video_mask_stride`` = 25 frames) one span of 0..``video_mask_window - 1`` frames, placed anywhere in the
-        clip, is set to black (pixel 0, i.e. before normalisation);
+    video: crop the processor's ``crop_size`` at a random position (eval: the centre), then time masking: for every
+        second of video (``video_mask_stride`` = 25 frames) one span of 0..``video_mask_window - 1`` frames, placed
+        anywhere in the clip, is set to black (pixel 0, i.e. before normalisation);
     audio: time masking the same way (per 16000 samples, one span of 0..6399 samples set to 0), then additive noise at
         an SNR drawn uniformly from {-5, 0, 5, 10, 15, 20 dB, clean}.
 Evaluation: no masking, the centre crop, and optional noise at one fixed SNR (for SNR sweeps).
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
 
-SAMPLE_RATE = 16000
-FPS = 25
+
 # The authors' training SNRs; ``None`` is "clean" (their 999999 dB).
 TRAIN_SNRS_DB: tuple[float | None, ...] = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, None)
 
@@ -44,9 +45,9 @@ class AugmentationConfig:
     """
 
     video_mask_window: int = 10
-    video_mask_stride: int = 25
+    video_mask_stride: int = VIDEO_FPS
     audio_mask_window: int = 6400
-    audio_mask_stride: int = 16000
+    audio_mask_stride: int = SAMPLING_RATE
     train_snrs_db: tuple[float | None, ...] = TRAIN_SNRS_DB
     eval_snr_db: float | None = None
 
@@ -73,24 +74,15 @@ def sample_rng(seed: int, epoch: int, sample_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, int.from_bytes(digest, "little")])
 
 
-def random_crop(frames: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Crop ``size`` x ``size`` at one random position (the same for every frame) from ``(T, H, W[, C])`` frames."""
-    height, width = frames.shape[1:3]
-    if size > height or size > width:
-        raise ValueError(f"random_crop: cannot crop {size}x{size} from frames of {height}x{width}")
-    top = int(rng.integers(0, height - size + 1))
-    left = int(rng.integers(0, width - size + 1))
-    return frames[:, top : top + size, left : left + size]
-
-
-def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """Crop ``size`` x ``size`` from the centre of ``(T, H, W[, C])`` frames (torchvision's rounding)."""
-    height, width = frames.shape[1:3]
-    if size > height or size > width:
-        raise ValueError(f"center_crop: cannot crop {size}x{size} from frames of {height}x{width}")
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
-    return frames[:, top : top + size, left : left + size]
+def random_crop(frames: np.ndarray, crop_size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Crop ``crop_size`` (height, width) at one random position (the same for every frame) from ``(T, H, W[, C])``
+    frames."""
+    (crop_height, crop_width), (height, width) = crop_size, frames.shape[1:3]
+    if crop_height > height or crop_width > width:
+        raise ValueError(f"random_crop: cannot crop {crop_height}x{crop_width} from frames of {height}x{width}")
+    top = int(rng.integers(0, height - crop_height + 1))
+    left = int(rng.integers(0, width - crop_width + 1))
+    return frames[:, top : top + crop_height, left : left + crop_width]
 
 
 def time_mask(signal: np.ndarray, window: int, stride: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,8 +151,9 @@ class NoiseSource:
         self.name = name
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, sampling_rate: int = SAMPLE_RATE) -> "NoiseSource":
-        """Read a noise file (any format soundfile reads: wav, flac, ogg); stereo is averaged, other rates resampled."""
+    def from_file(cls, path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE) -> NoiseSource:
+        """Read a noise file (any format soundfile reads: wav, flac, ogg); channels are averaged, other rates
+        resampled."""
         import soundfile as sf
 
         try:
@@ -213,7 +206,7 @@ class NoiseSource:
         """Write the track as a 32-bit float WAV, so that evaluation can reuse the exact noise of training."""
         import soundfile as sf
 
-        sf.write(os.fspath(path), self.samples, SAMPLE_RATE, subtype="FLOAT")
+        sf.write(os.fspath(path), self.samples, SAMPLING_RATE, subtype="FLOAT")
 
     def segment(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:
         """``num_samples`` consecutive samples from a random offset, wrapping around the end of the track."""
@@ -225,10 +218,11 @@ class NoiseSource:
 
 
 def augment_video(
-    frames: np.ndarray, image_size: int, config: AugmentationConfig, rng: np.random.Generator
+    frames: np.ndarray, crop_size: tuple[int, int], config: AugmentationConfig, rng: np.random.Generator
 ) -> np.ndarray:
-    """Training video augmentation of ``(T, H, W)`` frames already at the ROI size: random crop, then time masking."""
-    cropped = random_crop(frames, image_size, rng)
+    """Training video augmentation of ``(T, H, W)`` frames already at the ROI size: random crop of ``crop_size``
+    (height, width), then time masking."""
+    cropped = random_crop(frames, crop_size, rng)
     return time_mask(cropped, config.video_mask_window, config.video_mask_stride, rng)
 
 

@@ -5,15 +5,18 @@ A record is a row of the corpus schema (``mtsk_data/records.py``): ``id``, ``tex
 ``audio`` as a 1-D float array at 16 kHz or ``{"array", "sampling_rate"}`` (the ``datasets.Audio`` layout), ``video``
 as uint8 frames ``(T, H, W[, 3])`` at 25 fps.
 
-Per utterance the collator decodes only what the modality needs (WAV with soundfile, mp4 with PyAV, straight to
-grayscale), then
+Per utterance the collator decodes only what the modality needs (WAV with soundfile, mp4 as the video processor
+decodes it), then
 
-- training: video resized to the processor's ``roi_size``, cropped to ``image_size`` at a random position, time-masked;
-  audio time-masked, then noise at an SNR drawn from the config (see ``mtsk_data/augment.py``);
-- evaluation: video centre-cropped by the processor; optional noise at ``augmentation.eval_snr_db``;
+- training: video made gray and resized to the processor's ``size`` by the video processor itself
+  (:meth:`~llama_mtsk.processing_llama_mtsk.LlamaMTSKVideoProcessor.resize_clip`), cropped to its ``crop_size`` at a
+  random position, time-masked; audio time-masked, then noise at an SNR drawn from the config (see
+  ``mtsk_data/augment.py``);
+- evaluation: video resized and centre-cropped by the processor; optional noise at ``augmentation.eval_snr_db``;
 
 and hands the batch to :class:`~llama_mtsk.processing_llama_mtsk.LlamaMTSKProcessor`, which standardises the audio,
-computes the Whisper log-mel, normalises the pixels and tokenises the transcripts into ``labels``.
+computes the Whisper log-mel, normalises the pixels and tokenises the transcripts into ``labels``. Training and
+evaluation thus read every pixel through the same code as inference.
 
 Determinism: the augmentation of a record is drawn from a generator seeded by ``(seed, epoch, record id)``
 (:func:`~mtsk_data.augment.sample_rng`), so it does not depend on the batch, the process or the DataLoader worker,
@@ -30,14 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from llama_mtsk.processing_llama_mtsk import VIDEO_FPS, align_audio_to_frames, load_audio, load_video
+from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, align_audio_to_frames, load_audio
+from llama_mtsk.processing_llama_mtsk import LlamaMTSKVideoProcessor
 
 from .augment import AugmentationConfig, NoiseSource, augment_audio, augment_video, mix_at_snr, sample_rng
 
 
-SAMPLE_RATE = 16000
 MODALITIES = ("audio", "video", "audiovisual")
 
 
@@ -62,13 +64,13 @@ def decode_audio(record: Mapping[str, Any], media_root: str | None = None) -> np
     if isinstance(value, np.ndarray):
         waveform = value
     elif isinstance(value, Mapping) and value.get("array") is not None:
-        if value.get("sampling_rate") != SAMPLE_RATE:
+        if value.get("sampling_rate") != SAMPLING_RATE:
             raise ValueError(
-                f"record {record_id!r}: decoded audio must be at {SAMPLE_RATE} Hz, got {value.get('sampling_rate')}"
+                f"record {record_id!r}: decoded audio must be at {SAMPLING_RATE} Hz, got {value.get('sampling_rate')}"
             )
         waveform = np.asarray(value["array"])
     elif isinstance(value, Mapping):
-        return load_audio(_media_source(value, record_id, "audio", media_root), sampling_rate=SAMPLE_RATE)
+        return load_audio(_media_source(value, record_id, "audio", media_root), sampling_rate=SAMPLING_RATE)
     else:
         raise ValueError(f"record {record_id!r}: unsupported 'audio' value of type {type(value).__name__}")
     if waveform.ndim != 1 or waveform.size == 0:
@@ -76,37 +78,22 @@ def decode_audio(record: Mapping[str, Any], media_root: str | None = None) -> np
     return waveform.astype(np.float32, copy=False)
 
 
-def decode_video(record: Mapping[str, Any], media_root: str | None = None) -> np.ndarray:
-    """The uint8 grayscale frames ``(T, H, W)`` of a record at 25 fps (RGB input is converted with BT.601 luma)."""
+def decode_video(
+    record: Mapping[str, Any], video_processor: LlamaMTSKVideoProcessor, media_root: str | None = None
+) -> np.ndarray:
+    """The uint8 frames ``(T, H, W, 3)`` RGB (or ``(T, H, W)`` gray, as a decoded record gives them) of a record at
+    25 fps; a file is decoded by ``video_processor``, as inference decodes it."""
     record_id = str(record.get("id", "?"))
     value = record.get("video")
     if value is None:
         raise ValueError(f"record {record_id!r} has no 'video' column")
     if isinstance(value, Mapping):
-        frames, _ = load_video(_media_source(value, record_id, "video", media_root), fps=VIDEO_FPS, gray=True)
-        return frames
+        return video_processor.decode(_media_source(value, record_id, "video", media_root))
     if not isinstance(value, np.ndarray) or value.dtype != np.uint8:
         raise ValueError(f"record {record_id!r}: decoded video must be a uint8 array, got {type(value).__name__}")
-    if value.ndim == 4 and value.shape[-1] == 3:
-        luma = value.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
-    if value.ndim != 3 or value.shape[0] == 0:
+    if value.ndim not in (3, 4) or value.shape[0] == 0:
         raise ValueError(f"record {record_id!r}: decoded video must be (T, H, W[, 3]) with T > 0, got {value.shape}")
     return value
-
-
-def resize_to_roi(frames: np.ndarray, roi_size: int) -> np.ndarray:
-    """Grayscale uint8 ``(T, H, W)`` -> float32 ``(T, roi_size, roi_size)`` in [0, 1].
-
-    The same resize as ``LlamaMTSKVideoProcessor`` (bilinear, antialiased), so that a training crop sees the pixels an
-    evaluation centre crop sees.
-    """
-    pixels = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
-    if pixels.shape[1:] != (roi_size, roi_size):
-        pixels = F.interpolate(
-            pixels[:, None], size=(roi_size, roi_size), mode="bilinear", antialias=True, align_corners=False
-        )[:, 0].clamp_(0.0, 1.0)
-    return pixels.numpy()
 
 
 class MTSKCollator:
@@ -168,15 +155,15 @@ class MTSKCollator:
         self._epoch.fill_(epoch)
 
     def _video(self, record: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
-        frames = decode_video(record, self.media_root)
+        video_processor = self.processor.video_processor
+        frames = decode_video(record, video_processor, self.media_root)
         if rng is None:
             return frames  # evaluation: the processor resizes and centre-crops
-        video_processor = self.processor.video_processor
-        if frames.shape[1:] == (video_processor.image_size, video_processor.image_size):
-            # Already at the crop size: the processor uses such clips as they are, so there is nothing to crop.
-            return augment_video(frames, video_processor.image_size, self.augmentation, rng)
-        pixels = resize_to_roi(frames, video_processor.roi_size)
-        return augment_video(pixels, video_processor.image_size, self.augmentation, rng)
+        # Gray in [0, 1] at the processor's size (a clip already at its crop size stays as it is, and the crop below
+        # keeps all of it); the processor uses the crops as they are.
+        pixels = video_processor.resize_clip(frames, name=f"record {record.get('id')!r} video").numpy()
+        crop_size = (video_processor.crop_size["height"], video_processor.crop_size["width"])
+        return augment_video(pixels, crop_size, self.augmentation, rng)
 
     def _audio(self, record: Mapping[str, Any], rng: np.random.Generator | None, n_frames: int | None) -> np.ndarray:
         waveform = decode_audio(record, self.media_root)
@@ -217,7 +204,7 @@ class MTSKCollator:
             audio=waveforms if self.uses_audio else None,
             videos=videos if self.uses_video else None,
             text=texts,
-            sampling_rate=SAMPLE_RATE,
+            sampling_rate=SAMPLING_RATE,
             return_tensors="pt",
         )
         return dict(features)

@@ -6,8 +6,8 @@ mouth opening is drawn between the lips, as tall and as wide as the track says, 
 so that a mouth-ROI extractor has to find and follow a real face. The speech is synthesized by the embedded corpus
 generator (:mod:`mtsk_data.synth`), so audio, words and lips agree.
 
-Trees: :func:`make_fake_lrs3`, :func:`make_fake_lrs2`, :func:`make_fake_voxceleb2` (official layouts) and
-:func:`write_auto_avsr_tree` (the layout auto_avsr's preprocessing writes).
+Trees: :func:`make_fake_lrs3`, :func:`make_fake_lrs2`, :func:`make_fake_voxceleb2` (official layouts); the layout
+auto_avsr's preprocessing writes comes from :func:`mtsk_data.prepare.write_auto_avsr_tree`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llama_mtsk.media_llama_mtsk import SAMPLES_PER_FRAME
 from mtsk_data.grammar import sample_sentence
 from mtsk_data.records import encode_mp4
-
-
-SAMPLES_PER_FRAME = 640
 
 
 FRAME_SIZE = 224  # LRS2/LRS3 face videos are 224x224
@@ -269,40 +267,3 @@ def make_fake_voxceleb2(root: str, seed: int = 0) -> tuple[list[FakeClip], str]:
         writer.writerow(("path", "text", "split"))
         writer.writerows(rows)
     return clips, csv_path
-
-
-def write_auto_avsr_tree(
-    records: Sequence[dict],
-    root: str,
-    split: str,
-    dataset: str = "lrs3",
-    seg_seconds: int = 16,
-    text_column: bool = True,
-) -> str:
-    """Write records in the layout auto_avsr's preparation produces; returns the label CSV path.
-
-    ``root/<dataset>/<dataset>_video_seg<N>s/<id>.mp4`` with the ``.wav`` beside it, the transcript in
-    ``root/<dataset>/<dataset>_text_seg<N>s/<id>.txt``, and ``root/labels/<dataset>_<split>.csv`` without a header:
-    ``dataset,rel_path,n_frames,token_ids[,text]`` (token ids are placeholders: the importer ignores them).
-    """
-    video_dir = f"{dataset}_video_seg{seg_seconds}s"
-    text_dir = os.path.join(root, dataset, f"{dataset}_text_seg{seg_seconds}s")
-    labels = os.path.join(root, "labels", f"{dataset}_{split}.csv")
-    os.makedirs(os.path.dirname(labels), exist_ok=True)
-    with open(labels, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        for record in records:
-            rel_path = f"{video_dir}/{record['id']}.mp4"
-            video_path = os.path.join(root, dataset, rel_path)
-            os.makedirs(os.path.dirname(video_path), exist_ok=True)
-            with open(video_path, "wb") as media:
-                media.write(record["video"]["bytes"])
-            with open(video_path[: -len(".mp4")] + ".wav", "wb") as media:
-                media.write(record["audio"]["bytes"])
-            text_path = os.path.join(text_dir, record["id"] + ".txt")
-            os.makedirs(os.path.dirname(text_path), exist_ok=True)
-            with open(text_path, "w", encoding="utf-8") as text_file:
-                text_file.write(record["text"].upper())
-            row = [dataset, rel_path, record["n_frames"], " ".join("1" for _ in record["text"].split())]
-            writer.writerow(row + [record["text"]] if text_column else row)
-    return labels

@@ -42,9 +42,9 @@ import multiprocessing
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -53,11 +53,17 @@ import soundfile
 from tqdm.auto import tqdm
 
 from llama_mtsk.mouth_roi import MouthROIExtractor
-from llama_mtsk.processing_llama_mtsk import SUPPORTED_EXTENSIONS, load_audio, load_audiovisual, prepare_audio
+from llama_mtsk.media_llama_mtsk import (
+    SAMPLES_PER_FRAME,
+    SAMPLING_RATE,
+    SUPPORTED_EXTENSIONS,
+    VIDEO_FPS,
+    load_audio,
+    load_audiovisual,
+    prepare_audio,
+)
 from mtsk_data import asterisk
 from mtsk_data.records import (
-    FPS,
-    SAMPLE_RATE,
     SPLITS,
     ShardWriter,
     encode_mp4,
@@ -68,7 +74,6 @@ from mtsk_data.records import (
 )
 
 
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 SKIPPED_FILE = "skipped.tsv"
 # Shorter than any spoken word: such a file is empty or cut, not an utterance.
 MIN_AUDIO_SECONDS = 0.1
@@ -178,7 +183,7 @@ def plan_segments(clip_id: str, transcript: Transcript, max_frames: int, always_
         TranscriptError: a single word longer than ``max_frames``, or an empty transcript.
     """
     spoken = [word for word in transcript.words if clean_text(word.word)]
-    last_frame = math.ceil(spoken[-1].end * FPS) if spoken else 0
+    last_frame = math.ceil(spoken[-1].end * VIDEO_FPS) if spoken else 0
     if last_frame <= max_frames:
         text = clean_text(transcript.text) or clean_text(" ".join(word.word for word in spoken))
         if not text:
@@ -187,10 +192,10 @@ def plan_segments(clip_id: str, transcript: Transcript, max_frames: int, always_
 
     groups: list[list[Word]] = []
     for word in spoken:
-        start, end = math.floor(word.start * FPS), math.ceil(word.end * FPS)
+        start, end = math.floor(word.start * VIDEO_FPS), math.ceil(word.end * VIDEO_FPS)
         if end - start > max_frames:
-            raise TranscriptError(f"{clip_id}: the word {word.word!r} lasts longer than {max_frames / FPS:g} s")
-        if groups and end - math.floor(groups[-1][0].start * FPS) <= max_frames:
+            raise TranscriptError(f"{clip_id}: the word {word.word!r} lasts longer than {max_frames / VIDEO_FPS:g} s")
+        if groups and end - math.floor(groups[-1][0].start * VIDEO_FPS) <= max_frames:
             groups[-1].append(word)
         else:
             groups.append([word])
@@ -198,8 +203,8 @@ def plan_segments(clip_id: str, transcript: Transcript, max_frames: int, always_
         Segment(
             f"{clip_id}_{index:02d}",
             clean_text(" ".join(word.word for word in group)),
-            math.floor(group[0].start * FPS),
-            math.ceil(group[-1].end * FPS),
+            math.floor(group[0].start * VIDEO_FPS),
+            math.ceil(group[-1].end * VIDEO_FPS),
         )
         for index, group in enumerate(groups)
     ]
@@ -424,6 +429,55 @@ def plan_auto_avsr(root: str, labels: str, split: str) -> Planned:
     return _plan((f"{labels}:{number}", functools.partial(make, number, line)) for number, line in numbered)
 
 
+def _check_relative_path(part: str, what: str) -> None:
+    if not part or part.startswith("/") or ".." in part.split("/"):
+        raise ValueError(f"write_auto_avsr_tree: {what} {part!r} cannot be used as a relative path")
+
+
+def write_auto_avsr_tree(
+    records: Iterable[Mapping[str, Any]],
+    out_dir: str,
+    split: str,
+    token_ids: Callable[[str], list[int]],
+    dataset: str = "lrs3",
+    seg_seconds: int = 16,
+    text_column: bool = True,
+) -> str:
+    """Writes records of the shared schema (:mod:`mtsk_data.records`) in the layout auto_avsr's preparation produces:
+    the one :func:`plan_auto_avsr` reads and the authors' Llama-AVSR data loader takes. Returns the label CSV path.
+
+    ``<out_dir>/<dataset>/<dataset>_video_seg<N>s/<id>.mp4`` with the ``.wav`` beside it, the transcript in upper case
+    (as LRS writes it) in ``<out_dir>/<dataset>/<dataset>_text_seg<N>s/<id>.txt``, and the label file
+    ``<out_dir>/labels/<dataset>_<split>.csv`` without a header, one line per record:
+    ``dataset,rel_path,n_frames,token_ids[,text]``, where ``<out_dir>/<dataset>/<rel_path>`` is the video and
+    ``token_ids`` are ``token_ids(text)`` space-separated (:func:`plan_auto_avsr` ignores them; the authors' code reads
+    them). The record id is a relative path (``speaker/clip``), which :func:`plan_auto_avsr` gives back as the id.
+    """
+    _check_relative_path(dataset, "dataset")
+    video_dir = f"{dataset}_video_seg{seg_seconds}s"
+    text_dir = os.path.join(out_dir, dataset, f"{dataset}_text_seg{seg_seconds}s")
+    labels = os.path.join(out_dir, "labels", f"{dataset}_{split}.csv")
+    os.makedirs(os.path.dirname(labels), exist_ok=True)
+    with open(labels, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        for record in records:
+            _check_relative_path(record["id"], "record id")
+            rel_path = f"{video_dir}/{record['id']}.mp4"
+            video_path = os.path.join(out_dir, dataset, rel_path)
+            os.makedirs(os.path.dirname(video_path), exist_ok=True)
+            with open(video_path, "wb") as media:
+                media.write(record["video"]["bytes"])
+            with open(video_path[: -len(".mp4")] + ".wav", "wb") as media:
+                media.write(record["audio"]["bytes"])
+            text_path = os.path.join(text_dir, record["id"] + ".txt")
+            os.makedirs(os.path.dirname(text_path), exist_ok=True)
+            with open(text_path, "w", encoding="utf-8") as text_file:
+                text_file.write(record["text"].upper())
+            row = [dataset, rel_path, record["n_frames"], " ".join(str(token) for token in token_ids(record["text"]))]
+            writer.writerow(row + [record["text"]] if text_column else row)
+    return labels
+
+
 def plan_audio_csv(csv_path: str, split: str, speaker: str, max_train_frames: int, max_test_frames: int) -> Planned:
     """Audio files listed in a CSV with the header ``path,text[,split,speaker]``: ``path`` relative to the CSV's
     folder or absolute; rows without a ``split`` go to ``split``, without a ``speaker`` to ``speaker``. The record id
@@ -449,7 +503,8 @@ def plan_audio_csv(csv_path: str, split: str, speaker: str, max_train_frames: in
         row_speaker = (row.get("speaker") or speaker).strip()
         return Clip(written, path, row_split, row_speaker, (Segment(clip_id, text),), max_frames, media="audio")
 
-    names = [(row["path"] or "").strip() or f"{csv_path}:{line}" for line, row in enumerate(rows, start=2)]  # 1: header
+    # Line 1 is the header.
+    names = [(row["path"] or "").strip() or f"{csv_path}:{line}" for line, row in enumerate(rows, start=2)]
     return _plan((name, functools.partial(make, row)) for name, row in zip(names, rows))
 
 
@@ -526,11 +581,11 @@ def read_audio_file(path: str) -> np.ndarray:
 def _audio_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
     """The audio-only record of an audio file."""
     samples = read_audio_file(clip.path)
-    seconds = samples.size / SAMPLE_RATE
+    seconds = samples.size / SAMPLING_RATE
     if seconds < MIN_AUDIO_SECONDS:
         raise ValueError(f"the audio lasts {seconds:.3f} s, shorter than {MIN_AUDIO_SECONDS} s")
     if samples.size > clip.max_frames * SAMPLES_PER_FRAME:
-        raise ValueError(f"the audio lasts {seconds:.2f} s, longer than {clip.max_frames / FPS:g} s")
+        raise ValueError(f"the audio lasts {seconds:.2f} s, longer than {clip.max_frames / VIDEO_FPS:g} s")
     segment = todo[0]
     return [make_record(segment.id, segment.text, clip.speaker, samples, None)]
 
@@ -550,7 +605,7 @@ def _roi_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
         raise ValueError(f"expected a 96x96 mouth ROI video, got {size[0]}x{size[1]}")
     if clip.audio_path:
         info = soundfile.info(clip.audio_path)
-        if (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16"):
+        if (info.samplerate, info.channels, info.subtype) == (SAMPLING_RATE, 1, "PCM_16"):
             with open(clip.audio_path, "rb") as handle:
                 audio = handle.read()
         else:
@@ -574,17 +629,17 @@ def _face_records(clip: Clip, todo: Sequence[Segment]) -> list[dict]:
     n_frames = len(frames)
     if any(segment.start is None for segment in todo) and n_frames > clip.max_frames and not clip.trim_to_max:
         raise ValueError(
-            f"the clip lasts {n_frames / FPS:.2f} s, longer than {clip.max_frames / FPS:g} s, and has no word timings "
-            "to split it at"
+            f"the clip lasts {n_frames / VIDEO_FPS:.2f} s, longer than {clip.max_frames / VIDEO_FPS:g} s, and has no "
+            "word timings to split it at"
         )
     # The ROI of the whole clip at once: landmark smoothing then runs across segment boundaries, as in one video.
-    rois = _EXTRACTOR.extract(frames, float(FPS))
+    rois = _EXTRACTOR.extract(frames, float(VIDEO_FPS))
     records = []
     for segment in todo:
         start = segment.start or 0
         end = min(n_frames, clip.max_frames) if segment.start is None else min(segment.end, n_frames)
         if end <= start:
-            raise ValueError(f"segment {segment.id} starts at {start / FPS:.2f} s, after the clip's end")
+            raise ValueError(f"segment {segment.id} starts at {start / VIDEO_FPS:.2f} s, after the clip's end")
         audio = samples[start * SAMPLES_PER_FRAME : end * SAMPLES_PER_FRAME]
         records.append(make_record(segment.id, segment.text, clip.speaker, audio, encode_mp4(rois[start:end])))
     return records
@@ -857,7 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The longest train/validation and test records, in 25 fps frames (auto_avsr clips come already cut).
     limits = ()
     if args.corpus != "auto_avsr":
-        limits = (round(args.max_train_seconds * FPS), round(args.max_test_seconds * FPS))
+        limits = (round(args.max_train_seconds * VIDEO_FPS), round(args.max_test_seconds * VIDEO_FPS))
     license = None
     try:
         if args.corpus == "audio_csv":

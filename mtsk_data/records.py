@@ -17,7 +17,7 @@ video      {"bytes": binary, "path": string}  mp4, 96x96 mouth ROI, 25 fps (``da
 
 The ``datasets`` feature types are stored in the parquet schema metadata, so ``datasets.load_dataset("parquet", ...)``
 types ``audio`` and ``video`` as undecoded ``Audio`` / ``Video`` columns. Media decoding lives in
-``llama_mtsk.processing_llama_mtsk`` (``load_audio`` / ``load_video`` / ``load_audiovisual``), not here.
+``llama_mtsk.media_llama_mtsk`` (``load_audio`` / ``load_video`` / ``load_audiovisual``), not here.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from av.video.reformatter import VideoReformatter
 
+from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
 from llama_mtsk.processing_llama_mtsk import normalize_text
 
 
-SAMPLE_RATE = 16000
-FPS = 25
+# The name app.py imports the frame rate by; everything else imports VIDEO_FPS from llama_mtsk.media_llama_mtsk.
+FPS = VIDEO_FPS
 SPLITS = ("train", "validation", "test")
 
 
@@ -75,7 +76,7 @@ def _as_mono_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLING_RATE) -> bytes:
     """Encode mono samples (float in [-1, 1], clipped, or int16) as a 16-bit PCM WAV file in memory."""
     samples = _as_mono_float(samples)
     buffer = io.BytesIO()
@@ -90,9 +91,9 @@ def _video_codec() -> str:
 
 def encode_mp4(
     frames: np.ndarray,
-    fps: int = FPS,
+    fps: int = VIDEO_FPS,
     audio: np.ndarray | None = None,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = SAMPLING_RATE,
 ) -> bytes:
     """Encode uint8 frames ``(T, H, W)`` (grayscale) or ``(T, H, W, 3)`` (RGB) as an mp4 in memory.
 
@@ -161,13 +162,13 @@ def _probe_wav(data: bytes, name: str) -> float:
         raise ValueError(f"{name}: not a readable WAV file ({error})") from error
     if info.format != "WAV" or info.subtype != "PCM_16":
         raise ValueError(f"{name}: expected 16-bit PCM WAV, got {info.format}/{info.subtype}")
-    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+    if info.samplerate != SAMPLING_RATE or info.channels != 1:
         raise ValueError(
-            f"{name}: expected {SAMPLE_RATE} Hz mono, got {info.samplerate} Hz, {info.channels} channel(s)"
+            f"{name}: expected {SAMPLING_RATE} Hz mono, got {info.samplerate} Hz, {info.channels} channel(s)"
         )
     if info.frames == 0:
         raise ValueError(f"{name}: the WAV file holds no samples")
-    return info.frames / SAMPLE_RATE
+    return info.frames / SAMPLING_RATE
 
 
 def _probe_mp4(data: bytes, name: str) -> int:
@@ -181,8 +182,8 @@ def _probe_mp4(data: bytes, name: str) -> int:
             n_frames = stream.frames or sum(1 for _ in container.demux(stream) if _.size)
     except av.error.FFmpegError as error:
         raise ValueError(f"{name}: not a readable mp4 file ({error})") from error
-    if rate is None or abs(float(rate) - FPS) > 1e-3:
-        raise ValueError(f"{name}: expected {FPS} fps, got {rate}")
+    if rate is None or abs(float(rate) - VIDEO_FPS) > 1e-3:
+        raise ValueError(f"{name}: expected {VIDEO_FPS} fps, got {rate}")
     if n_frames == 0:
         raise ValueError(f"{name}: the video holds no frames")
     return int(n_frames)
@@ -222,12 +223,12 @@ def make_record(
     if not speaker:
         raise ValueError(f"make_record({id!r}): speaker must be a non-empty string")
 
-    audio_bytes = audio if isinstance(audio, bytes) else encode_wav(audio, SAMPLE_RATE)
+    audio_bytes = audio if isinstance(audio, bytes) else encode_wav(audio, SAMPLING_RATE)
     duration = _probe_wav(audio_bytes, f"make_record({id!r}) audio")
     if video is None:
         n_frames, video_column = 0, None
     else:
-        video_bytes = video if isinstance(video, bytes) else encode_mp4(np.asarray(video), FPS)
+        video_bytes = video if isinstance(video, bytes) else encode_mp4(np.asarray(video), VIDEO_FPS)
         n_frames = _probe_mp4(video_bytes, f"make_record({id!r}) video")
         video_column = {"bytes": video_bytes, "path": video_path or f"{id}.mp4"}
     return {
@@ -282,7 +283,8 @@ class ShardWriter:
         finished = shard_paths(out_dir, split)
         for path in finished:
             self._done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-        self._next_index = int(os.path.basename(finished[-1])[len(split) + 1 : -len(".parquet")]) + 1 if finished else 0
+        last_index = int(os.path.basename(finished[-1])[len(split) + 1 : -len(".parquet")]) if finished else -1
+        self._next_index = last_index + 1
         self._buffer: list[dict[str, Any]] = []
         self._seen = set(self._done)
         self._closed = False

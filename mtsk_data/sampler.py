@@ -57,8 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-
-FPS = 25
+from llama_mtsk.media_llama_mtsk import VIDEO_FPS
 
 
 def frame_counts(n_frames: Sequence[int], durations: Sequence[float]) -> np.ndarray:
@@ -67,7 +66,7 @@ def frame_counts(n_frames: Sequence[int], durations: Sequence[float]) -> np.ndar
     The audio count makes audio-only corpora (``n_frames`` 0) work and covers audio slightly longer than its video.
     """
     video = np.asarray(n_frames, dtype=np.int64)
-    audio = np.ceil(np.asarray(durations, dtype=np.float64) * FPS - 1e-6).astype(np.int64)
+    audio = np.ceil(np.asarray(durations, dtype=np.float64) * VIDEO_FPS - 1e-6).astype(np.int64)
     if video.shape != audio.shape:
         raise ValueError(f"frame_counts: {video.size} n_frames but {audio.size} durations")
     return np.maximum(video, audio)

@@ -18,7 +18,6 @@ Generation is deterministic given the seed and resumable: rerunning skips uttera
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import ctypes.util
 import hashlib
@@ -37,11 +36,11 @@ import pyarrow.parquet as pq
 import soxr
 
 from .grammar import VOCABULARY, make_splits
-from .records import FPS, SAMPLE_RATE, SPLITS, ShardWriter, make_record, normalize_text, shard_paths
+from .prepare import write_auto_avsr_tree
+from llama_mtsk.media_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE
+
+from .records import SPLITS, ShardWriter, make_record, normalize_text, shard_paths
 from .visemes import MouthGeometry, Phoneme, is_vowel, lip_track, render_mouth
-
-
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,7 +258,9 @@ _VOICES = (  # voice, rate, pitch, pitch range
 )
 # Each speaker's mouth is drawn once from a fixed seed, so speakers are the same in every corpus.
 SPEAKERS: tuple[Speaker, ...] = tuple(
-    Speaker(f"spk{index:02d}", voice, rate, pitch, pitch_range, MouthGeometry.sample(np.random.default_rng([7, index])))
+    Speaker(
+        f"spk{index:02d}", voice, rate, pitch, pitch_range, MouthGeometry.sample(np.random.default_rng([7, index]))
+    )
     for index, (voice, rate, pitch, pitch_range) in enumerate(_VOICES)
 )
 _SPEAKERS_BY_NAME = {speaker.name: speaker for speaker in SPEAKERS}
@@ -285,13 +286,13 @@ class Utterance:
 
     @property
     def duration(self) -> float:
-        return self.audio.size / SAMPLE_RATE
+        return self.audio.size / SAMPLING_RATE
 
 
 def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
     """Unit-power Gaussian noise with a random spectral tilt, from white to a low-frequency rumble."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
-    frequencies = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    frequencies = np.fft.rfftfreq(n, 1.0 / SAMPLING_RATE)
     tilt = rng.uniform(0.0, 1.0)  # 0: white; 1: falling 6 dB per octave above 300 Hz
     noise = np.fft.irfft(spectrum * (1.0 + (frequencies / 300.0) ** 2) ** (-tilt / 2), n).astype(np.float32)
     return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-8)
@@ -316,11 +317,11 @@ def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Uttera
 
     engine = espeak()
     speech, phonemes = engine.synthesize(text, speaker.voice, rate, pitch, speaker.pitch_range)
-    speech = soxr.resample(speech, engine.sample_rate, SAMPLE_RATE).astype(np.float32)
+    speech = soxr.resample(speech, engine.sample_rate, SAMPLING_RATE).astype(np.float32)
     speech *= 10 ** (level_db / 20) / max(float(np.sqrt(np.mean(speech**2))), 1e-8)
 
-    lead_samples = int(round(lead * SAMPLE_RATE))
-    n_frames = int(np.ceil((lead_samples + speech.size + tail * SAMPLE_RATE) / SAMPLES_PER_FRAME))
+    lead_samples = int(round(lead * SAMPLING_RATE))
+    n_frames = int(np.ceil((lead_samples + speech.size + tail * SAMPLING_RATE) / SAMPLES_PER_FRAME))
     audio = np.zeros(n_frames * SAMPLES_PER_FRAME, dtype=np.float32)
     audio[lead_samples : lead_samples + speech.size] = speech
     speech_power = float(np.mean(speech**2))
@@ -329,7 +330,7 @@ def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Uttera
     if peak > 0.99:  # keep headroom for 16-bit PCM instead of clipping
         audio *= 0.99 / peak
 
-    offset = lead_samples / SAMPLE_RATE
+    offset = lead_samples / SAMPLING_RATE
     phonemes = [Phoneme(p.name, p.start + offset, p.end + offset) for p in phonemes]
     track = lip_track(phonemes, n_frames, articulation=speaker.mouth.articulation)
     frames = render_mouth(track, speaker.mouth, rng)
@@ -344,7 +345,9 @@ def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Uttera
 _VOICELESS = {"p", "t", "k", "f", "T", "s", "S", "tS", "h"}  # eSpeak names of voiceless obstruents
 
 
-def intelligibility_problems(audio: np.ndarray, phonemes: list[Phoneme], sample_rate: int = SAMPLE_RATE) -> list[str]:
+def intelligibility_problems(
+    audio: np.ndarray, phonemes: list[Phoneme], sample_rate: int = SAMPLING_RATE
+) -> list[str]:
     """Check that ``audio`` sounds like speech with the given phoneme timing; returns what is wrong (empty if fine).
 
     The checks fail on noise and on silence. Phoneme durations must be plausible for speech (none over 0.5 s,
@@ -406,7 +409,9 @@ def intelligibility_problems(audio: np.ndarray, phonemes: list[Phoneme], sample_
         frequencies = np.fft.rfftfreq(2 * x.size, 1.0 / sample_rate)
         low_band.append(float(power[frequencies < 4000].sum() / max(power.sum(), 1e-20)))
     if np.median(periodicity) < 0.4:
-        problems.append(f"vowels are not voiced (median periodicity {np.median(periodicity):.2f}, speech: 0.4 or more)")
+        problems.append(
+            f"vowels are not voiced (median periodicity {np.median(periodicity):.2f}, speech: 0.4 or more)"
+        )
     if np.median(low_band) < 0.8:
         problems.append(f"vowels hold {np.median(low_band):.0%} of their energy below 4 kHz (speech: 80 % or more)")
     return problems
@@ -516,7 +521,9 @@ def generate_corpus(
         with open(settings_path) as file:
             previous = json.load(file)
         if previous != settings:
-            raise ValueError(f"generate_corpus: {out_dir} was generated with {previous}, not {settings}; use a new folder")
+            raise ValueError(
+                f"generate_corpus: {out_dir} was generated with {previous}, not {settings}; use a new folder"
+            )
     else:
         with open(settings_path, "w") as file:
             json.dump(settings, file)
@@ -591,12 +598,6 @@ def word_token_ids(text: str) -> list[int]:
     return ids
 
 
-def _safe_relative(part: str, what: str) -> str:
-    if not part or part.startswith("/") or ".." in part.split("/"):
-        raise ValueError(f"export_auto_avsr: {what} {part!r} cannot be used as a relative path")
-    return part
-
-
 def export_auto_avsr(
     corpus_dir: str,
     split: str,
@@ -604,34 +605,13 @@ def export_auto_avsr(
     dataset: str = "embedded",
     tokenize: Callable[[str], list[int]] = word_token_ids,
 ) -> str:
-    """Export one split of a record-schema corpus to the auto_avsr / Llama-AVSR file layout; returns the CSV path.
-
-    Writes ``<out_dir>/<dataset>/<split>/<speaker>/<id>.mp4`` with the ``.wav`` beside it, and the label file
-    ``<out_dir>/labels/<dataset>_<split>.csv`` without a header, one line per clip:
-    ``dataset,rel_path,n_frames,token_ids,text`` (``token_ids`` space-separated, from ``tokenize``), where
-    ``<out_dir>/<dataset>/<rel_path>`` is the video.
-    """
+    """Export one split of a record-schema corpus to the auto_avsr / Llama-AVSR file layout (see
+    :func:`mtsk_data.prepare.write_auto_avsr_tree`), with ``tokenize`` giving the token ids; returns the CSV path."""
     files = shard_paths(corpus_dir, split)
     if not files:
         raise FileNotFoundError(f"export_auto_avsr: no {split} shards under {os.path.join(corpus_dir, 'data')}")
-    _safe_relative(dataset, "dataset")
-    labels_dir = os.path.join(out_dir, "labels")
-    os.makedirs(labels_dir, exist_ok=True)
-    csv_path = os.path.join(labels_dir, f"{dataset}_{split}.csv")
-    with open(csv_path, "w", newline="") as file:
-        writer = csv.writer(file, lineterminator="\n")
-        rows = (row for path in files for batch in pq.ParquetFile(path).iter_batches(64) for row in batch.to_pylist())
-        for row in rows:
-            rel_path = _safe_relative(f"{split}/{row['speaker']}/{row['id']}.mp4", "record path")
-            video_path = os.path.join(out_dir, dataset, rel_path)
-            os.makedirs(os.path.dirname(video_path), exist_ok=True)
-            with open(video_path, "wb") as media:
-                media.write(row["video"]["bytes"])
-            with open(video_path[: -len(".mp4")] + ".wav", "wb") as media:
-                media.write(row["audio"]["bytes"])
-            token_ids = " ".join(str(token) for token in tokenize(row["text"]))
-            writer.writerow([dataset, rel_path, row["n_frames"], token_ids, row["text"]])
-    return csv_path
+    rows = (row for path in files for batch in pq.ParquetFile(path).iter_batches(64) for row in batch.to_pylist())
+    return write_auto_avsr_tree(rows, out_dir, split, token_ids=tokenize, dataset=dataset)
 
 
 def main(argv: list[str] | None = None) -> None:

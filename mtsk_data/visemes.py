@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from llama_mtsk.media_llama_mtsk import VIDEO_FPS
 
-FPS = 25
+
 ROI_SIZE = 96
 PARAMETERS = ("open", "width", "round", "teeth", "tongue", "tuck")
 
@@ -104,7 +105,7 @@ def is_vowel(name: str) -> bool:
     return bool(base) and base not in _CONSONANTS and base[0] in _VOWELS
 
 
-def lip_track(phonemes: list[Phoneme], n_frames: int, articulation: float = 1.0, fps: int = FPS) -> np.ndarray:
+def lip_track(phonemes: list[Phoneme], n_frames: int, articulation: float = 1.0, fps: int = VIDEO_FPS) -> np.ndarray:
     """Lip parameters per video frame, shape ``(n_frames, len(PARAMETERS))``.
 
     Each viseme's target is held over the middle of its phoneme (a diphthong's two targets over its halves),

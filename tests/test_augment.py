@@ -10,7 +10,6 @@ from mtsk_data.augment import (
     NoiseSource,
     augment_audio,
     augment_video,
-    center_crop,
     measure_snr_db,
     mix_at_snr,
     random_crop,
@@ -51,19 +50,18 @@ def test_mix_at_snr_edge_cases():
     np.testing.assert_array_equal(mix_at_snr(silent, signal, 0.0), silent)
 
 
-def test_crops():
+def test_random_crop_reaches_every_position():
     frames = np.arange(3 * 6 * 8, dtype=np.uint8).reshape(3, 6, 8)
-    np.testing.assert_array_equal(center_crop(frames, 4), frames[:, 1:5, 2:6])
     seen = set()
     for seed in range(200):
-        crop = random_crop(frames, 4, np.random.default_rng(seed))
-        assert crop.shape == (3, 4, 4)
+        crop = random_crop(frames, (4, 5), np.random.default_rng(seed))
+        assert crop.shape == (3, 4, 5)
         top, left = np.argwhere(frames[0] == crop[0, 0, 0])[0]
-        np.testing.assert_array_equal(crop, frames[:, top : top + 4, left : left + 4])
+        np.testing.assert_array_equal(crop, frames[:, top : top + 4, left : left + 5])
         seen.add((int(top), int(left)))
-    assert seen == {(top, left) for top in range(3) for left in range(5)}  # every position is reachable
-    with pytest.raises(ValueError, match="cannot crop 7x7"):
-        random_crop(frames, 7, np.random.default_rng(0))
+    assert seen == {(top, left) for top in range(3) for left in range(4)}  # every position is reachable
+    with pytest.raises(ValueError, match="cannot crop 7x4"):
+        random_crop(frames, (7, 4), np.random.default_rng(0))
 
 
 def test_time_mask_zeroes_spans_of_the_recipe_width():
@@ -156,7 +154,7 @@ def test_augment_audio_draws_snrs_from_the_recipe():
 
 def test_augment_video_crops_then_masks():
     frames = np.random.default_rng(0).integers(1, 255, size=(75, 36, 36), dtype=np.uint8)
-    out = augment_video(frames, 32, AugmentationConfig(), np.random.default_rng(4))
+    out = augment_video(frames, (32, 32), AugmentationConfig(), np.random.default_rng(4))
     assert out.shape == (75, 32, 32)
     zero_frames = np.all(out == 0, axis=(1, 2))
     assert 0 < zero_frames.sum() <= 3 * 9  # three spans (one per second) of at most 9 frames

@@ -15,7 +15,14 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 
 WER_TABLE = {"LRS3 test": {(4, 2): 12.5, (16, 5): 20.25}, "LRS2 test": {(4, 2): 15.0}}
-REMOTE_CODE = ["configuration_llama_mtsk.py", "modeling_llama_mtsk.py", "processing_llama_mtsk.py", "pipeline_llama_mtsk.py", "mouth_roi.py"]
+REMOTE_CODE = [
+    "configuration_llama_mtsk.py",
+    "modeling_llama_mtsk.py",
+    "processing_llama_mtsk.py",
+    "media_llama_mtsk.py",
+    "pipeline_llama_mtsk.py",
+    "mouth_roi.py",
+]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from skimage.transform import SimilarityTransform, warp
 
+from llama_mtsk.media_llama_mtsk import rgb_to_gray
 from llama_mtsk.mouth_roi import (
     REFERENCE_STABLE_POINTS,
     STABLE_LANDMARKS,
@@ -16,7 +17,6 @@ from llama_mtsk.mouth_roi import (
     fit_similarity,
     interpolate_missing,
     looks_like_mouth_roi,
-    resample_indices,
     smooth_landmarks,
 )
 from mtsk_data.fake_corpus import (
@@ -62,9 +62,10 @@ def test_reference_face_is_derived_from_the_photograph(photo_landmarks):
     angle = -np.arctan2(eye_line[1], eye_line[0])
     level = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     reference = (symmetric - symmetric[48:68].mean(axis=0)) @ level.T * (80.0 / np.linalg.norm(eye_line))
-    # Within a pixel and a half: the landmarks move by about a pixel with the detector's box (a change of scale or of
-    # the grayscale conversion), while another face or scale would differ by several.
-    np.testing.assert_allclose(reference[list(STABLE_LANDMARKS)], REFERENCE_STABLE_POINTS, atol=1.5)
+    # Within two pixels: the landmarks move by one or two with the detector's box or the grayscale conversion (the
+    # nose tip lies 1.4 px from the constant with an 8-bit fixed-point BT.601 gray, 1.7 px with the float one the
+    # extractor uses), while another face or scale would differ by several.
+    np.testing.assert_allclose(reference[list(STABLE_LANDMARKS)], REFERENCE_STABLE_POINTS, atol=2.0)
 
 
 def _similarity_warp(image: np.ndarray, angle_degrees: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
@@ -151,17 +152,17 @@ def test_fit_similarity_recovers_a_known_transform():
 
 
 def test_other_frame_rates_are_resampled_to_25_fps(extractor):
-    assert resample_indices(20, 50.0).tolist() == list(range(0, 20, 2))
-    assert len(resample_indices(30, 30.0)) == 25
-    assert resample_indices(7, 25.0).tolist() == list(range(7))
     frames = np.repeat(astronaut()[None], 6, axis=0)
     assert extractor.extract(frames, fps=50.0).shape == (3, 96, 96, 3)
+    for fps in (0.0, -25.0, float("nan")):
+        with pytest.raises(ValueError, match="fps must be a positive number"):
+            extractor.extract(frames, fps=fps)
 
 
 def test_grayscale_video_gives_grayscale_crops(extractor):
     photo = astronaut()
-    # BT.601 luma in the extractor's fixed point, so that both find the same face box.
-    gray = ((photo.astype(np.uint32) @ np.array([77, 150, 29], dtype=np.uint32) + 128) >> 8).astype(np.uint8)
+    # The gray frame the extractor detects the face in, so that both find the same face box.
+    gray = np.rint(rgb_to_gray(photo)).astype(np.uint8)
     color_roi = extractor.extract(photo[None], fps=25.0)[0].astype(np.float64)
     gray_roi = extractor.extract(gray[None], fps=25.0)[0]
     assert gray_roi.shape == (96, 96)

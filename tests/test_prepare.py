@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from llama_mtsk.processing_llama_mtsk import load_audio, load_video
-from mtsk_data.fake_corpus import make_fake_lrs2, make_fake_lrs3, make_fake_voxceleb2, write_auto_avsr_tree
+from llama_mtsk.media_llama_mtsk import load_audio, load_video
+from mtsk_data.fake_corpus import make_fake_lrs2, make_fake_lrs3, make_fake_voxceleb2
 from mtsk_data.prepare import (
     SKIPPED_FILE,
     Transcript,
@@ -33,6 +32,7 @@ from mtsk_data.prepare import (
     plan_voxceleb2,
     prepare,
     safe_join,
+    write_auto_avsr_tree,
 )
 from mtsk_data.records import shard_paths
 
@@ -202,11 +202,18 @@ def test_killed_run_resumes_to_the_same_dataset_as_one_clean_run(lrs3, lrs3_prep
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _word_lengths(text: str) -> list[int]:
+    """Stand-in token ids (the importer ignores them)."""
+    return [len(word) for word in text.split()]
+
+
 @pytest.mark.parametrize("text_column", [True, False])
 def test_auto_avsr_import_gives_the_same_records(lrs3_prepared, tmp_path, text_column):
     out, _ = lrs3_prepared
     originals = _records(out, "train")
-    labels = write_auto_avsr_tree(list(originals.values()), str(tmp_path / "auto"), "train", text_column=text_column)
+    labels = write_auto_avsr_tree(
+        list(originals.values()), str(tmp_path / "auto"), "train", token_ids=_word_lengths, text_column=text_column
+    )
     imported_out = str(tmp_path / "imported")
     summary = prepare(plan_auto_avsr(str(tmp_path / "auto"), labels, "train"), imported_out, progress=False)
     assert summary.skipped == []
@@ -216,7 +223,7 @@ def test_auto_avsr_import_gives_the_same_records(lrs3_prepared, tmp_path, text_c
 def test_auto_avsr_import_refuses_paths_outside_the_root_and_reports_missing_audio(lrs3_prepared, tmp_path):
     out, _ = lrs3_prepared
     record = _records(out, "test")["test/spk02/00001"]
-    labels = write_auto_avsr_tree([record], str(tmp_path / "auto"), "test")
+    labels = write_auto_avsr_tree([record], str(tmp_path / "auto"), "test", token_ids=_word_lengths)
     os.remove(tmp_path / "auto" / "lrs3" / "lrs3_video_seg16s" / "test" / "spk02" / "00001.wav")
     (tmp_path / "outside.mp4").write_bytes(record["video"]["bytes"])
     with open(labels, "a") as handle:

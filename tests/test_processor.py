@@ -13,17 +13,20 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor, WhisperFeatureExtractor
 
-from llama_mtsk.processing_llama_mtsk import (
-    LlamaMTSKProcessor,
-    LlamaMTSKVideoProcessor,
+from llama_mtsk.media_llama_mtsk import (
     align_audio_to_frames,
     load_audio,
     load_audiovisual,
     load_video,
-    normalize_text,
     prepare_audio,
     probe_streams,
     resample_frames,
+    rgb_to_gray,
+)
+from llama_mtsk.processing_llama_mtsk import (
+    LlamaMTSKProcessor,
+    LlamaMTSKVideoProcessor,
+    normalize_text,
     standardize_waveform,
 )
 from media_samples import (
@@ -68,8 +71,8 @@ def test_processor_follows_the_model_config(processor):
     config = tiny_config()
     assert processor.feature_extractor.feature_size == config.audio_config.num_mel_bins
     assert processor.window_samples == 2 * config.audio_config.max_source_positions * 160
-    assert processor.video_processor.image_size == config.video_config.image_size == 16
-    assert processor.video_processor.roi_size == config.video_config.roi_size == 18
+    assert processor.video_processor.crop_size == {"height": config.video_config.image_size, "width": 16}
+    assert processor.video_processor.size == {"height": config.video_config.roi_size, "width": 18}
 
 
 def test_window_that_is_not_whole_seconds(tokenizer):
@@ -313,7 +316,7 @@ def test_processor_reads_files(processor, tmp_path):
 
 
 def test_video_grayscale_resize_crop_and_normalisation():
-    video_processor = LlamaMTSKVideoProcessor(image_size=16, roi_size=18)
+    video_processor = LlamaMTSKVideoProcessor(size=18, crop_size=16)
     red = np.zeros((2, 18, 18, 3), dtype=np.uint8)
     red[..., 0] = 255
     out = video_processor.preprocess_clip(red)
@@ -331,6 +334,76 @@ def test_video_grayscale_resize_crop_and_normalisation():
     roi = mouth_frames(2, side=18)
     expected_crop = (torch.from_numpy(roi[:, 1:17, 1:17]).float() / 255 - MEAN) / STD
     torch.testing.assert_close(video_processor.preprocess_clip(roi), expected_crop)
+
+
+def test_rgb_to_gray_is_bt601_luma_in_float():
+    rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=np.uint8)
+    gray = rgb_to_gray(rgb)
+    assert gray.dtype == np.float32
+    np.testing.assert_allclose(gray, [0.299 * 255, 0.587 * 255, 0.114 * 255, 0.299 * 10 + 0.587 * 20 + 0.114 * 30], rtol=1e-6)
+
+
+def test_video_processor_options_follow_base_video_processor():
+    frames = mouth_frames(3, side=24)
+    pixels = torch.from_numpy(frames).float() / 255
+    resized = F.interpolate(pixels[:, None], size=(18, 20), mode="bilinear", antialias=True, align_corners=False)
+    resized = resized[:, 0].clamp(0, 1)
+    rectangular = LlamaMTSKVideoProcessor(size={"height": 18, "width": 20}, crop_size={"height": 16, "width": 12})
+    torch.testing.assert_close(rectangular.preprocess_clip(frames), (resized[:, 1:17, 4:16] - MEAN) / STD)
+    no_crop = LlamaMTSKVideoProcessor(size={"height": 18, "width": 20}, crop_size=16, do_center_crop=False)
+    torch.testing.assert_close(no_crop.preprocess_clip(frames), (resized - MEAN) / STD)
+    no_resize = LlamaMTSKVideoProcessor(size=18, crop_size=16, do_resize=False, do_normalize=False)
+    torch.testing.assert_close(no_resize.preprocess_clip(frames), pixels[:, 4:20, 4:20])
+    assert no_resize(frames)["pixel_values_videos"].shape == (1, 3, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"crop_size \{'height': 16, 'width': 16\} must fit in size"):
+        LlamaMTSKVideoProcessor(size=12, crop_size=16)
+    with pytest.raises(ValueError, match=r'size: expected a positive integer or \{"height": int, "width": int\}'):
+        LlamaMTSKVideoProcessor(size={"shortest_edge": 96})
+    with pytest.raises(ValueError, match="cannot crop 16x16 from frames of 8x8"):
+        no_resize.preprocess_clip(mouth_frames(2, side=8))
+    with pytest.raises(ValueError, match="with do_center_crop=False every clip must have the same size"):
+        LlamaMTSKVideoProcessor(do_resize=False, do_center_crop=False)([mouth_frames(2, side=8), mouth_frames(2, side=9)])
+
+
+def test_video_processor_saves_base_video_processor_names_and_reads_the_former_ones(tmp_path):
+    video_processor = LlamaMTSKVideoProcessor(size=18, crop_size=16, image_mean=0.5)
+    saved = video_processor.to_dict()
+    assert saved["size"] == {"height": 18, "width": 18} and saved["crop_size"] == {"height": 16, "width": 16}
+    assert saved["do_resize"] and saved["do_center_crop"] and saved["do_normalize"]
+    assert "roi_size" not in saved and "image_size" not in saved
+    reloaded = LlamaMTSKVideoProcessor.from_dict(saved)
+    assert reloaded.to_dict() == saved
+    # processor_config.json of a checkpoint saved before these names (tests/fixtures/checkpoint_5a62781 is one).
+    former = LlamaMTSKVideoProcessor.from_dict({"roi_size": 18, "image_size": 16, "image_mean": 0.5, "fps": 25})
+    assert former.to_dict() == saved
+    frames = mouth_frames(4, side=30)
+    torch.testing.assert_close(former.preprocess_clip(frames), video_processor.preprocess_clip(frames))
+    with pytest.raises(ValueError, match="Pass size= or its former name roi_size=, not both"):
+        LlamaMTSKVideoProcessor(size=18, roi_size=18)
+
+
+def test_video_files_are_decoded_rgb_and_made_gray_in_float(processor):
+    """The luma is taken in float from RGB, as the authors' torchvision Grayscale does, not from FFmpeg's gray (the
+    video's luma plane, whereas the RGB of a colour frame is rebuilt with its subsampled chroma)."""
+    data = mp4_bytes(smooth_frames(10), fps=25)
+    decoded = processor.video_processor.decode(data)
+    assert decoded.shape == (10, 18, 18, 3) and decoded.dtype == np.uint8  # downscaled to the ROI size while decoding
+    from_file = processor(videos=data)["pixel_values_videos"]
+    torch.testing.assert_close(from_file, processor(videos=decoded)["pixel_values_videos"], rtol=0, atol=0)
+    roi_sized = mp4_bytes(smooth_frames(10, side=18), fps=25)  # decoded without rescaling
+    ffmpeg_gray, _ = load_video(roi_sized, gray=True)
+    from_rgb = processor(videos=roi_sized)["pixel_values_videos"]
+    difference = (processor(videos=ffmpeg_gray)["pixel_values_videos"] - from_rgb).abs() * STD * 255
+    assert 0 < difference.max() < 3  # gray levels: close, not the same
+
+
+def test_whisper_window_check_names_both_windows(processor):
+    config = tiny_config()
+    processor.check_whisper_window(config)
+    config.audio_config.max_source_positions = 75
+    with pytest.raises(ValueError, match=r"Whisper window \(200 mel frames\) differs from the model's \(150 = 2"):
+        processor.check_whisper_window(config)
+    processor.check_whisper_window(tiny_config(modality="video"))  # nothing to match
 
 
 def test_clip_layout_is_read_from_its_axes(processor):
@@ -403,7 +476,7 @@ def test_clips_already_cropped_are_not_cropped_again():
 
 
 def test_video_time_resampling():
-    video_processor = LlamaMTSKVideoProcessor(image_size=16, roi_size=18)
+    video_processor = LlamaMTSKVideoProcessor(size=18, crop_size=16)
     frames = np.stack([np.full((18, 18), index, dtype=np.uint8) for index in range(60)])
     at_50 = video_processor.preprocess_clip(frames, fps=50)
     assert at_50.shape[0] == 30

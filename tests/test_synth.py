@@ -297,12 +297,14 @@ def test_export_auto_avsr_layout(tmp_path):
     assert len(lines) == 2
     for line, row in zip(lines, rows):
         dataset, rel_path, n_frames, token_ids, text = line
-        expected_path = f"test/{row['speaker']}/{row['id']}.mp4"
+        expected_path = f"embedded_video_seg16s/{row['id']}.mp4"
         assert (dataset, rel_path, int(n_frames), text) == ("embedded", expected_path, row["n_frames"], row["text"])
         assert [VOCABULARY[int(t) - 1] for t in token_ids.split()] == text.split()
         video = tmp_path / "auto" / "embedded" / rel_path
         assert video.read_bytes() == row["video"]["bytes"]
         assert sf.info(str(video.with_suffix(".wav"))).samplerate == 16000
+        transcript = tmp_path / "auto" / "embedded" / "embedded_text_seg16s" / f"{row['id']}.txt"
+        assert transcript.read_text() == row["text"].upper()
 
 
 def test_word_token_ids():
