@@ -11,6 +11,9 @@ TARGETS = {
     "data": 20.0,  # decode + augment at least 20x real time per core
 }
 DEMO_TARGETS = {"minutes": 20.0, "wer_4_2": 15.0, "wer": 40.0}
+# Batch-1 decoding at the Llama 3.2-1B shape, static cache + compiled: at least 3x faster per token than eager, and
+# within 5x of the bandwidth floor (the LLM's weight bytes read once per token at the card's memory bandwidth).
+DECODING_TARGETS = {"speedup": 3.0, "floor_multiple": 5.0}
 # The paper's Table 4 (Llama 3.1-8B, about 10 s of speech): LLM input tokens and TFLOPs per scale.
 PAPER_TABLE = {(4, 2): (257, 3.87), (4, 5): (182, 2.74), (16, 2): (163, 2.46), (16, 5): (88, 1.33)}
 
@@ -138,6 +141,114 @@ def _verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
+def _milliseconds(seconds_or_none: float | None) -> str:
+    return "-" if seconds_or_none is None else f"{seconds_or_none:.2f} ms"
+
+
+def _gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} GiB"
+
+
+def _decode_speed_section(decode: dict[str, Any]) -> list[str]:
+    """Eager against static cache + compiled decoding, quantised LLM weights, and the WER under each option."""
+    lines = [
+        "## Fast decoding: static KV cache, compiled decoding, int8 / int4 LLM weights",
+        "",
+        "Written by `python benchmarks/decode_speed.py`. Greedy decoding of 32 tokens per clip at (4, 2); per-token",
+        "latency is the median time between consecutive tokens past the first, clips/s counts whole `generate` calls",
+        "from media (encoders and prefill included). \"static + compiled\" is `generate(..., cache_implementation=\"static\")`,",
+        "with which transformers compiles the decoding step on CUDA (only the LLM's forward: the LoRA routing stays",
+        "eager). The bandwidth floor is the LLM weight bytes one step reads (the tied LM head once, the two routed",
+        "LoRA adapters) over the card's memory bandwidth.",
+        "",
+    ]
+    gpu = decode.get("cuda")
+    if gpu is None:
+        lines += [
+            "**GPU figures not measured yet: no GPU was available in this session.** On a GPU machine, one run of",
+            "`python benchmarks/decode_speed.py --device cuda --output decode_gpu.json` (sized for about 10 minutes on",
+            "an H200) measures both shapes; `python benchmarks/decode_speed.py --merge decode_gpu.json` adds it here.",
+            "",
+        ]
+    else:
+        bandwidth = gpu["memory_bandwidth_tb_s"]
+        lines += [
+            f"Machine: {_machine(gpu)}; memory bandwidth "
+            + (f"{bandwidth:g} TB/s." if bandwidth else "not in `MEMORY_BANDWIDTH_TB_S`, so no floor."),
+            "",
+        ]
+        for size, section in gpu["shapes"].items():
+            lines += [
+                f"### {section['model']}",
+                "",
+                "| batch | eager per token | static + compiled per token | speedup | eager clips/s | static + compiled "
+                "clips/s | rows as eager | first compiled call |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for row in section["decoding"]:
+                eager, compiled = row["eager"], row["static + compiled"]
+                lines.append(
+                    f"| {row['batch_size']} | {eager['per_token_ms']:.2f} ms | {compiled['per_token_ms']:.2f} ms "
+                    f"| **{row['speedup']:.1f}x** | {eager['clips_per_s']:.1f} | {compiled['clips_per_s']:.1f} "
+                    f"| {row['rows_equal_to_eager']} / {row['batch_size']} | {compiled['first_call_s']:.0f} s |"
+                )
+            floor = section["floor_ms"]
+            single = section["decoding"][0]
+            lines += [
+                "",
+                f"LLM weights read per token: {section['llm_bytes_per_token'] / 1e9:.2f} GB; bandwidth floor "
+                f"{_milliseconds(floor)} per token.",
+            ]
+            if size == "1b" and floor is not None and single["batch_size"] == 1:
+                multiple = single["static + compiled"]["per_token_ms"] / floor
+                lines[-1] += (
+                    f" Batch 1, static + compiled: {single['speedup']:.1f}x faster than eager (target >= "
+                    f"{DECODING_TARGETS['speedup']:g}x: {_verdict(single['speedup'] >= DECODING_TARGETS['speedup'])}), "
+                    f"{multiple:.1f}x the floor (target <= {DECODING_TARGETS['floor_multiple']:g}x: "
+                    f"{_verdict(multiple <= DECODING_TARGETS['floor_multiple'])})."
+                )
+            lines += [
+                "",
+                "| LLM weights | LLM bytes per token | model in memory | peak, batch 8 (eager) | per token, batch 1 "
+                "(static + compiled) | floor |",
+                "|---|---|---|---|---|---|",
+            ]
+            for row in section["weights"]:
+                read = row.get("llm_bytes_per_token", section["llm_bytes_per_token"])
+                per_token = row.get("batch_1", single["static + compiled"] if row is section["weights"][0] else None)
+                row_floor = None if bandwidth is None else 1000 * read / (bandwidth * 1e12)
+                lines.append(
+                    f"| {row['weights']} | {read / 1e9:.2f} GB | {_gib(row['model_gib'])} | {_gib(row['peak_gib'])} "
+                    f"| {_milliseconds(None if per_token is None else per_token['per_token_ms'])} "
+                    f"| {_milliseconds(row_floor)} |"
+                )
+            lines.append("")
+    wer = decode.get("wer")
+    if wer is None:
+        lines += [
+            "WER under each option (CPU): not measured yet, the demo checkpoint did not exist on this machine. After",
+            "`make demo`: `python benchmarks/decode_speed.py --wer outputs/demo/final --data data/embedded`.",
+            "",
+        ]
+    else:
+        options = wer["options"]
+        scales = list(next(iter(options.values()))["wer_percent"])
+        lines += [
+            f"WER (%) of `{wer['checkpoint']}` on its {wer['split']} split ({wer['utterances']} utterances) under each "
+            f"option, on {wer['machine']['device']}:",
+            "",
+            "| option | " + " | ".join(scales) + " | transcripts as eager | time |",
+            "|---|" + "---|" * (len(scales) + 2),
+        ]
+        for name, row in options.items():
+            lines.append(
+                f"| {name} | " + " | ".join(f"{row['wer_percent'][scale]:.1f}" for scale in scales)
+                + f" | {row['same_transcripts_as_eager']} / {row['transcripts']} | {row['seconds']:.0f} s |"
+            )
+        lines.append("")
+    return lines
+
+
 def write_report(results: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
@@ -236,4 +347,5 @@ def write_report(results: dict[str, Any]) -> str:
             ]
     if "demo" in results:
         lines += _demo_section(results["demo"])
+    lines += _decode_speed_section(results.get("decode_speed", {}))
     return "\n".join(lines) + "\n"

@@ -45,6 +45,9 @@ MIN_CHUNK_SECONDS = 1.0
 # fills the frame keeps its mouth far wider than the 96-pixel crop (LRS3's 224-pixel frames hold faces about 150
 # pixels wide), while a 4K video takes a ninth of its full-size memory.
 MAX_VIDEO_SHORT_SIDE = 720
+# Chunks decoded together on a GPU unless the caller says otherwise: one chunk leaves the GPU idle, each decoding step
+# being bound by reading the LLM's weights, which a batch shares.
+DEFAULT_GPU_BATCH_SIZE = 8
 
 _ACCEPTED_INPUTS = (
     "a path or the bytes of a .wav/.flac file or a video container (.mp4, .mkv, .avi, .webm, .mov); a numpy array or "
@@ -154,8 +157,9 @@ class LlamaMTSKPipeline(ChunkPipeline):
             input fits N tokens. `"cascade"`: the coarsest scale first, finer ones only where the transcript's
             confidence is below `cascade_threshold` (default: the checkpoint's calibrated threshold).
         generate_kwargs: `dict` passed to `model.generate` (e.g. `{"num_beams": 15, "max_new_tokens": 32}`); generation
-            parameters can also be given directly (`max_new_tokens=...`).
-        batch_size: Chunks decoded together.
+            parameters can also be given directly (`max_new_tokens=...`). On a GPU, `cache_implementation="static"`
+            decodes with a static KV cache and the LLM's decoding step compiled (greedy decoding).
+        batch_size: Chunks decoded together; default 8 on a GPU, 1 otherwise.
         chunk_length_s: Chunk length for long inputs; default and maximum: the Whisper window (24 s for lip reading);
             minimum 1 s.
         stride_length_s: Overlap of consecutive chunks, default 20 % of the chunk length.
@@ -177,6 +181,8 @@ class LlamaMTSKPipeline(ChunkPipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self._batch_size is None and self.device.type == "cuda":
+            self._batch_size = DEFAULT_GPU_BATCH_SIZE
         if self.processor is None:
             raise ValueError("LlamaMTSKPipeline needs the checkpoint's processor (processor_config.json)")
         self.processor.check_whisper_window(self.model.config)

@@ -1,15 +1,29 @@
 """Fast decoding: a static KV cache and compiled decoding give the eager transcripts token for token (greedy and beam
-search, one clip, a batch, a batch of mixed scales), and int8 LLM weights load with outputs close to full precision."""
+search, one clip, a batch, a batch of mixed scales), int8 LLM weights load with outputs close to full precision, and
+the pipeline, the evaluation and the decoding benchmark use them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from transformers import CompileConfig
+from transformers import CompileConfig, WhisperConfig
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
 from llama_mtsk.modeling_llama_mtsk import MatryoshkaLoRALinear
+from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline
+from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from llama_mtsk.quantization import keeps_precision, llm_quantization_config, quantize_language_model
-from tiny_models import tiny_inputs, tiny_model
+from media_samples import mouth_frames, signal
+from mtsk_data.synth import generate_corpus
+from mtsk_train import evaluation
+from tiny_models import tiny_inputs, tiny_model, tiny_tokenizer
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 NEW_TOKENS = {"max_new_tokens": 8}
@@ -224,3 +238,105 @@ def test_unknown_quantisation_kinds_are_refused_by_name():
         llm_quantization_config("int3")
     with pytest.raises(ValueError, match="got 'fp8'"):
         quantize_language_model(tiny_model(modality="audio", audio_rates=[4]), "fp8")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where the options are used: the pipeline, the evaluation, the benchmark
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_pipeline_passes_the_static_cache_and_compile_config_to_generate(model):
+    processor = LlamaMTSKProcessor.from_model_config(model.config, tiny_tokenizer())
+    asr = LlamaMTSKPipeline(model=model, processor=processor, device=-1)
+    clips = [
+        {"audio": signal(seconds, seed=seed), "sampling_rate": 16000, "video": mouth_frames(frames, seed=seed)}
+        for seconds, frames, seed in ((1.2, 30, 1), (0.8, 20, 2))
+    ]
+    eager = asr(clips, batch_size=2, **NEW_TOKENS)
+    compiled = asr(
+        clips, batch_size=2, cache_implementation="static", compile_config=cpu_compile_config("eager"), **NEW_TOKENS
+    )
+    assert [result["text"] for result in compiled] == [result["text"] for result in eager]
+    assert all(len(result["text"].split()) >= 2 for result in eager)
+
+
+def test_evaluation_refuses_compile_off_cuda(capsys):
+    with pytest.raises(SystemExit):
+        evaluation.main(["--model", "unused", "--data", "unused", "--device", "cpu", "--compile"])
+    assert "--compile needs a CUDA device" in capsys.readouterr().err
+
+
+def run_decode_speed(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "benchmarks" / "decode_speed.py"), *arguments]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed
+
+
+def test_decode_speed_benchmark_runs_its_gpu_part_on_tiny_shapes_and_reports_it(tmp_path):
+    measured, results, report = tmp_path / "decode.json", tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    run_decode_speed("--smoke", "--sizes", "1b", "--compile_backend", "eager", "--output", str(measured))
+    section = json.loads(measured.read_text())["shapes"]["1b"]
+    assert [row["batch_size"] for row in section["decoding"]] == [1, 8]
+    for row in section["decoding"]:
+        # fp32 on CPU: the compiled decoding step writes the eager tokens.
+        assert row["rows_equal_to_eager"] == row["batch_size"]
+        assert row["eager"]["per_token_ms"] > 0 and row["static + compiled"]["clips_per_s"] > 0
+    float32, int8 = section["weights"]
+    assert (float32["weights"], int8["weights"]) == ("float32", "int8")
+    assert int8["llm_bytes_per_token"] < section["llm_bytes_per_token"]
+    assert int8["batch_1"]["per_token_ms"] > 0
+
+    results.write_text(json.dumps({}))
+    run_decode_speed("--results", str(results), "--report", str(report), "--merge", str(measured))
+    text = report.read_text()
+    assert "## Fast decoding" in text and "GPU figures not measured yet" not in text
+    assert "| 1 |" in text and "| int8 |" in text
+
+
+def test_decode_speed_bandwidth_table_and_weight_bytes():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from decode_speed import llm_bytes_per_token, memory_bandwidth_tb_s, stored_bytes
+
+    assert memory_bandwidth_tb_s("NVIDIA H200") == 4.8
+    assert memory_bandwidth_tb_s("NVIDIA H100 80GB HBM3") == 3.35
+    assert memory_bandwidth_tb_s("NVIDIA L40S") == 0.864 and memory_bandwidth_tb_s("NVIDIA L4") == 0.3
+    assert memory_bandwidth_tb_s("Some Future GPU") is None
+    model = tiny_model(modality="audio", lora_strategy="mss", audio_rates=[4, 16])
+    llm = model.language_model
+    base = sum(parameter.numel() for name, parameter in llm.named_parameters() if ".lora_" not in name)
+    routed = sum(
+        parameter.numel() for name, parameter in llm.named_parameters() if ".global." in name or ".a4." in name
+    )
+    assert llm_bytes_per_token(model, (4, None)) == 4 * (base + routed)
+    linear = nn.Linear(64, 32)
+    full = stored_bytes(linear.weight.data)
+    quantize_language_model(nn.ModuleDict({"language_model": nn.ModuleDict({"proj": linear})}), "int8")
+    # One byte per weight plus one scale per output row.
+    assert stored_bytes(linear.weight.data) < full / 3
+
+
+def test_wer_under_each_option_on_a_tiny_saved_checkpoint(tmp_path):
+    generate_corpus(str(tmp_path / "corpus"), num_train=1, num_validation=1, num_test=3, seed=3, workers=1)
+    checkpoint = tmp_path / "checkpoint"
+    # An 8-second Whisper window: the corpus's sentences run longer than the tiny models' 2 seconds.
+    whisper = WhisperConfig(
+        d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=8, max_source_positions=400
+    )
+    model = tiny_model(modality="audiovisual", lora_strategy="mss", audio_config=whisper)
+    model.save_pretrained(checkpoint)
+    LlamaMTSKProcessor.from_model_config(model.config, tiny_tokenizer()).save_pretrained(checkpoint)
+    results, report = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    run_decode_speed(
+        "--wer", str(checkpoint), "--data", str(tmp_path / "corpus"), "--compile_backend", "eager",
+        "--results", str(results), "--report", str(report),
+    )
+    wer = json.loads(results.read_text())["decode_speed"]["wer"]
+    options = wer["options"]
+    assert list(options) == ["eager", "static cache", "static cache + compiled", "int8 LLM weights"]
+    assert wer["utterances"] == 3
+    for name in ("static cache", "static cache + compiled"):
+        assert options[name]["wer_percent"] == options["eager"]["wer_percent"]
+        assert options[name]["same_transcripts_as_eager"] == options[name]["transcripts"] == 3 * len(model.config.scales)
+    assert set(options["int8 LLM weights"]["wer_percent"]) == set(options["eager"]["wer_percent"])
+    assert "| static cache + compiled |" in report.read_text()
