@@ -18,7 +18,7 @@ DEFAULT_PROMPTS = {
     "video": "Transcribe video to text.",
     "audiovisual": "Transcribe speech and video to text.",
 }
-# The paper's rate sets (SPEC.md section 3).
+# The paper's rate sets (Cappellazzo et al., 2025, arXiv 2503.06362).
 DEFAULT_AUDIO_RATES = {"audio": [4, 8, 12, 16, 20], "audiovisual": [4, 16]}
 DEFAULT_VIDEO_RATES = {"video": [1, 2, 3, 4, 5], "audiovisual": [2, 5]}
 

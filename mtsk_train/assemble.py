@@ -11,7 +11,7 @@ Each part comes from where users keep it:
 - AV-HuBERT: a folder written by `mtsk_convert.avhubert`, the fairseq `.pt` itself (read without executing pickled
   code), or a dict of `AVHubertConfig` fields for a randomly initialised encoder.
 
-The five tokens of SPEC.md (a pad token and `<audio>`, `</audio>`, `<video>`, `</video>`) are added to the tokenizer
+The five tokens the authors add (a pad token and `<audio>`, `</audio>`, `<video>`, `</video>`) are added to the tokenizer
 and the embedding is resized, with the new rows drawn from N(0, initializer_range) as in the authors' runs. The model
 is then built on the meta device by `from_pretrained` from the parts' weights, so no part is held twice in memory,
 and only the new pieces (projectors, LoRA adapters, random encoders) are initialised.

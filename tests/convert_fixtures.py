@@ -9,7 +9,7 @@ the real module paths only while pickling, so the pickle names `omegaconf.dictco
 real file does, and the reader must cope without those packages.
 
 `reference_video_features` recomputes AV-HuBERT on video from the fairseq state dict with plain tensor operations,
-following the paper's description (SPEC.md section 2), without our encoder module.
+following the paper's description (AV-HuBERT, arXiv 2201.02184), without our encoder module.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def reference_video_features(
     state: dict, video: torch.Tensor, heads: int, layer_norm_first: bool = True, lora_scaling: float | None = None
 ) -> torch.Tensor:
     """
-    AV-HuBERT video-only features (SPEC.md section 2) from a fairseq state dict: 3-D stem (conv 5x7x7 stride 1x2x2,
+    AV-HuBERT video-only features from a fairseq state dict: 3-D stem (conv 5x7x7 stride 1x2x2,
     BN, PReLU, max-pool 1x3x3 stride 1x2x2), per-frame ResNet-18, Linear to the width, concat(zero audio, video),
     LayerNorm, Linear, weight-normed grouped positional convolution (+ GELU, added), transformer layers, final LayerNorm.
 

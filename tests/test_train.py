@@ -347,7 +347,7 @@ def test_shipped_configs_parse_with_the_authors_recipe_underneath(config):
     model_args, data_args, training_args = parse_arguments([str(config)])
     assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.98)
     assert model_args.modality in ("audio", "video", "audiovisual") and data_args.max_frames > 0
-    if config.name == "lrs3_avsr.yaml":  # nothing overridden: the recipe of SPEC.md section 6
+    if config.name == "lrs3_avsr.yaml":  # nothing overridden: the authors' recipe
         assert training_args.learning_rate == 1e-3 and training_args.weight_decay == 0.1
         assert training_args.max_grad_norm == 10.0
         assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_steps == 0
