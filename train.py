@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("cache_audio_encoder_outputs encodes the whole training split up front: drop streaming")
         check_cacheable(model, data_args.augment)
         train_list = [train_records[index] for index in range(len(train_records))]
-        train_collator = EncodedAudioCollator(processor, encode_audio_records(model, processor, train_list))
+        train_collator = EncodedAudioCollator(
+            processor,
+            encode_audio_records(model, processor, train_list),
+            mask_window=data_args.encoder_output_mask_window,
+            seed=training_args.seed,
+        )
     eval_records = eval_batches = None
     if data_args.eval_split is not None:
         eval_records = load_records(data_args, data_args.eval_split)

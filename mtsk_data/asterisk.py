@@ -70,14 +70,15 @@ def _find_deb(debs_dir: str, package: str) -> str | None:
     return found[0] if found else None
 
 
-def fetch_packages(work_dir: str, debs_dir: str | None = None) -> str:
-    """Unpack the two packages into ``work_dir/extracted`` and return that folder.
+def fetch_packages(work_dir: str, debs_dir: str | None = None, packages: tuple[str, ...] = PACKAGES) -> str:
+    """Unpack Debian packages (by default the two of the prompts) into ``work_dir/extracted``; returns that folder.
 
     Args:
         work_dir: the folder to work in; the downloaded ``.deb`` files go to ``work_dir/debs`` (and are reused when a
             later run finds them there).
-        debs_dir: a folder that already holds ``<package>_<version>_all.deb`` for both packages (nothing is
+        debs_dir: a folder that already holds ``<package>_<version>_all.deb`` for every package (nothing is
             downloaded).
+        packages: the Debian packages to fetch.
 
     Raises:
         FetchError: apt-get or dpkg-deb is missing, the download fails, or a package file is missing.
@@ -85,11 +86,11 @@ def fetch_packages(work_dir: str, debs_dir: str | None = None) -> str:
     if debs_dir is None:
         debs_dir = os.path.join(work_dir, "debs")
         os.makedirs(debs_dir, exist_ok=True)
-        missing = [package for package in PACKAGES if _find_deb(debs_dir, package) is None]
+        missing = [package for package in packages if _find_deb(debs_dir, package) is None]
         if missing:
             if shutil.which("apt-get") is None:
                 raise FetchError(
-                    f"apt-get not found: download the Debian packages {', '.join(PACKAGES)} yourself and pass the "
+                    f"apt-get not found: download the Debian packages {', '.join(packages)} yourself and pass the "
                     "folder holding the .deb files with --debs DIR"
                 )
             result = subprocess.run(
@@ -105,7 +106,7 @@ def fetch_packages(work_dir: str, debs_dir: str | None = None) -> str:
         raise FetchError("dpkg-deb not found: unpack the packages yourself and pass the folder with --extracted ROOT")
     extracted = os.path.join(work_dir, "extracted")
     os.makedirs(extracted, exist_ok=True)
-    for package in PACKAGES:
+    for package in packages:
         deb = _find_deb(debs_dir, package)
         if deb is None:
             raise FetchError(f"no {package}_*.deb in {debs_dir}")

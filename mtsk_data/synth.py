@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -298,17 +299,18 @@ def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
     return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-8)
 
 
-def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Utterance:
-    """Generate one clip of ``speaker`` saying ``text``; the same (text, speaker, seed) gives the same clip.
+def synthesize_speech(
+    text: str, speaker: Speaker | str, rng: np.random.Generator
+) -> tuple[np.ndarray, list[Phoneme], float]:
+    """``speaker`` says ``text``: 16 kHz audio padded to whole 25 fps frames, its timed phonemes and its SNR (dB).
 
-    The seed sets the small per-utterance variation: speed (+-8 %), pitch (+-4), leading and trailing silence
-    (0.2-0.4 s each), loudness, noise colour and SNR (15-30 dB), and the video jitter.
+    ``rng`` sets the small per-utterance variation: speed (+-8 %), pitch (+-4), leading and trailing silence
+    (0.2-0.4 s each), loudness, noise colour and SNR (15-30 dB).
     """
     if isinstance(speaker, str):
         speaker = get_speaker(speaker)
     if not text or normalize_text(text) != text:
-        raise ValueError(f"synthesize_utterance: text must be normalised (lower-case, no punctuation), got {text!r}")
-    rng = np.random.default_rng(seed)
+        raise ValueError(f"synthesize_speech: text must be normalised (lower-case, no punctuation), got {text!r}")
     rate = int(round(speaker.rate * rng.uniform(0.92, 1.08)))
     pitch = int(np.clip(speaker.pitch + rng.integers(-4, 5), 0, 100))
     lead, tail = rng.uniform(0.2, 0.4, size=2)
@@ -331,8 +333,19 @@ def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Uttera
         audio *= 0.99 / peak
 
     offset = lead_samples / SAMPLING_RATE
-    phonemes = [Phoneme(p.name, p.start + offset, p.end + offset) for p in phonemes]
-    track = lip_track(phonemes, n_frames, articulation=speaker.mouth.articulation)
+    return audio, [Phoneme(p.name, p.start + offset, p.end + offset) for p in phonemes], snr_db
+
+
+def synthesize_utterance(text: str, speaker: Speaker | str, seed: int) -> Utterance:
+    """Generate one clip of ``speaker`` saying ``text``; the same (text, speaker, seed) gives the same clip.
+
+    The seed sets the speech's variation (:func:`synthesize_speech`) and then the video jitter.
+    """
+    if isinstance(speaker, str):
+        speaker = get_speaker(speaker)
+    rng = np.random.default_rng(seed)
+    audio, phonemes, snr_db = synthesize_speech(text, speaker, rng)
+    track = lip_track(phonemes, audio.size // SAMPLES_PER_FRAME, articulation=speaker.mouth.articulation)
     frames = render_mouth(track, speaker.mouth, rng)
     return Utterance(text=text, speaker=speaker.name, audio=audio, frames=frames, phonemes=phonemes, snr_db=snr_db)
 
@@ -468,14 +481,18 @@ def _init_worker() -> None:
     espeak()
 
 
-def _records(plans: list[UtterancePlan], workers: int) -> Iterator[dict]:
+Plan = TypeVar("Plan")
+
+
+def synthesize_in_workers(make: Callable[[Plan], dict], plans: list[Plan], workers: int) -> Iterator[dict]:
+    """``make(plan)`` for every plan, in order, in ``workers`` processes; ``make`` must be a module-level function."""
     if workers <= 1 or len(plans) < 2:
-        yield from map(make_utterance_record, plans)
+        yield from map(make, plans)
         return
     # One process per worker, each with its own eSpeak (the library is not reentrant); "spawn" so that no
     # worker inherits a half-initialised engine or a lock from the parent.
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(make_utterance_record, plans, chunksize=16)
+        yield from pool.imap(make, plans, chunksize=16)
 
 
 def _write_dataset_card(out_dir: str, counts: dict[str, int], seed: int) -> None:
@@ -541,7 +558,7 @@ def generate_corpus(
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="clip", desc="generating")
-    for plan, record in zip(todo, _records(todo, workers)):
+    for plan, record in zip(todo, synthesize_in_workers(make_utterance_record, todo, workers)):
         writers[plan.split].write(record)
         if bar is not None:
             bar.update()

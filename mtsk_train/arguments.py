@@ -115,10 +115,21 @@ class DataArguments:
         metadata={"help": "Run the frozen audio encoder once over the training set and reuse its outputs every epoch "
                   "(audio modality, frozen encoder, no augmentation)"},
     )
+    encoder_output_mask_window: int = field(
+        default=0,
+        metadata={"help": "With cache_audio_encoder_outputs: per second (50 frames) of a clip's cached encoder output, "
+                  "zero one span of 0..N-1 frames during training (0: no masking)"},
+    )
     train_snrs_db: list[str] = field(
         default_factory=lambda: ["-5", "0", "5", "10", "15", "20", "clean"],
         metadata={"help": "Babble SNRs (dB) drawn per training utterance; 'clean' = no noise"},
     )
+
+    def __post_init__(self):
+        if self.encoder_output_mask_window < 0:
+            raise ValueError(f"encoder_output_mask_window must be >= 0 frames, got {self.encoder_output_mask_window}")
+        if self.encoder_output_mask_window and not self.cache_audio_encoder_outputs:
+            raise ValueError("encoder_output_mask_window masks cached encoder outputs: set cache_audio_encoder_outputs")
 
 
 @dataclass

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
+from llama_mtsk.media_llama_mtsk import WHISPER_FRAMES_PER_SECOND
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from mtsk_data.augment import sample_rng, time_mask
 from mtsk_data.collator import MTSKCollator
 
 
@@ -72,14 +74,38 @@ def encode_audio_records(
 
 class EncodedAudioCollator:
     """Records -> `audio_encoder_outputs`, `audio_encoder_outputs_mask` (from the cache) and `labels` (the processor's
-    transcript tokens)."""
+    transcript tokens).
 
-    def __init__(self, processor: LlamaMTSKProcessor, encoder_outputs: Mapping[str, torch.Tensor]):
+    With `mask_window` > 0 (training), every 50 frames (one second of Whisper output) of a clip get one span of
+    0 .. `mask_window` - 1 frames set to zero, drawn anew per clip and epoch from `seed`: the time masking that
+    augmentation would apply to the audio, applied where the cache leaves something to change.
+    """
+
+    def __init__(
+        self,
+        processor: LlamaMTSKProcessor,
+        encoder_outputs: Mapping[str, torch.Tensor],
+        mask_window: int = 0,
+        seed: int = 0,
+    ):
+        if mask_window < 0:
+            raise ValueError(f"EncodedAudioCollator: mask_window must be >= 0 frames, got {mask_window}")
         self.processor = processor
         self.encoder_outputs = encoder_outputs
+        self.mask_window = mask_window
+        self.seed = seed
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Nothing depends on the epoch: the cached outputs are fixed."""
+        """The epoch seeds the masks (nothing else changes: the cached outputs are fixed)."""
+        self.epoch = epoch
+
+    def _masked(self, record_id: str) -> torch.Tensor:
+        hidden = self.encoder_outputs[record_id]
+        if not self.mask_window:
+            return hidden
+        rng = sample_rng(self.seed, self.epoch, record_id)
+        return torch.from_numpy(time_mask(hidden.numpy(), self.mask_window, WHISPER_FRAMES_PER_SECOND, rng))
 
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not records:
@@ -87,7 +113,7 @@ class EncodedAudioCollator:
         missing = [str(record.get("id")) for record in records if str(record.get("id")) not in self.encoder_outputs]
         if missing:
             raise KeyError(f"EncodedAudioCollator: no cached audio encoder output for records {missing[:5]}")
-        hidden = [self.encoder_outputs[str(record["id"])] for record in records]
+        hidden = [self._masked(str(record["id"])) for record in records]
         longest = max(tensor.shape[0] for tensor in hidden)
         outputs = hidden[0].new_zeros(len(hidden), longest, hidden[0].shape[1])
         mask = torch.zeros(len(hidden), longest, dtype=torch.long)

@@ -81,3 +81,12 @@ def test_every_shipped_config_parses_unchanged(config):
     written = yaml.safe_load(config.read_text())
     assert repr(coerce_config(written)) == repr(written)  # same values, same types
     parse_arguments([str(config)])
+
+
+def test_encoder_output_masks_need_the_cache(tmp_path):
+    _, data_args, _ = parse_config(tmp_path, "cache_audio_encoder_outputs: true\nencoder_output_mask_window: 10\n")
+    assert data_args.encoder_output_mask_window == 10
+    with pytest.raises(ValueError, match="masks cached encoder outputs: set cache_audio_encoder_outputs"):
+        parse_config(tmp_path, "encoder_output_mask_window: 10\n")
+    with pytest.raises(ValueError, match="must be >= 0 frames, got -2"):
+        parse_config(tmp_path, "cache_audio_encoder_outputs: true\nencoder_output_mask_window: -2\n")

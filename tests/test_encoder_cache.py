@@ -61,3 +61,32 @@ def test_cache_refuses_what_would_make_it_wrong():
         audio_model(input_features=torch.zeros(1, 80, 400), audio_encoder_outputs=torch.zeros(1, 30, 8))
     with pytest.raises(ValueError, match="audio_encoder_outputs_mask"):
         audio_model(audio_encoder_outputs=torch.zeros(1, 30, audio_model.config.audio_config.d_model), scale=4)
+
+
+def test_training_masks_zero_spans_per_second_anew_each_epoch_and_leave_the_cache_alone():
+    processor = LlamaMTSKProcessor.from_model_config(tiny_model(modality="audio").config, tiny_tokenizer())
+    cache = {"long": torch.randn(250, 8), "short": torch.randn(30, 8)}
+    original = {key: value.clone() for key, value in cache.items()}
+    records = [{"id": "long", "text": "one two"}, {"id": "short", "text": "three"}]
+    collator = EncodedAudioCollator(processor, cache, mask_window=10, seed=0)
+
+    def masked_frames(batch) -> list[torch.Tensor]:
+        outputs, mask = batch["audio_encoder_outputs"], batch["audio_encoder_outputs_mask"]
+        return [((outputs[row] == 0).all(-1) & (mask[row] == 1)).nonzero().flatten() for row in range(len(outputs))]
+
+    first = collator(records)
+    assert first["audio_encoder_outputs_mask"].sum(-1).tolist() == [250, 30]  # lengths unchanged
+    long_masked, short_masked = masked_frames(first)
+    assert 0 < len(long_masked) <= 5 * 9  # one span of 0-9 frames per started second (5 s)
+    assert len(short_masked) <= 9
+    unmasked = torch.ones(250, dtype=torch.bool)
+    unmasked[long_masked] = False
+    assert torch.equal(first["audio_encoder_outputs"][0][unmasked], cache["long"][unmasked])
+    assert all(torch.equal(cache[key], original[key]) for key in cache)
+    assert torch.equal(collator(records)["audio_encoder_outputs"], first["audio_encoder_outputs"])  # same epoch
+    collator.set_epoch(1)
+    assert not torch.equal(masked_frames(collator(records))[0], long_masked)
+    plain = EncodedAudioCollator(processor, cache)(records)
+    assert torch.equal(plain["audio_encoder_outputs"][0], cache["long"])
+    with pytest.raises(ValueError, match="mask_window must be >= 0"):
+        EncodedAudioCollator(processor, cache, mask_window=-1)
