@@ -168,8 +168,8 @@ def write_corpus_examples(corpus: Path, modality: str, out_dir: Path, count: int
     # with pyarrow rather than `datasets`, whose loader pings its usage counter on the internet.
     import pyarrow.parquet as pq
 
-    from llama_mtsk.processing_llama_mtsk import load_audio, load_video
-    from mtsk_data.records import FPS, encode_mp4, shard_paths
+    from llama_mtsk.media_llama_mtsk import VIDEO_FPS, load_audio, load_video
+    from mtsk_data.records import encode_mp4, shard_paths
 
     out_dir.mkdir(parents=True, exist_ok=True)
     records = (
@@ -187,7 +187,7 @@ def write_corpus_examples(corpus: Path, modality: str, out_dir: Path, count: int
         elif modality == "video":
             path, data = out_dir / f"{name}.mp4", video
         else:
-            path, data = out_dir / f"{name}.mp4", encode_mp4(load_video(video)[0], fps=FPS, audio=load_audio(audio))
+            path, data = out_dir / f"{name}.mp4", encode_mp4(load_video(video)[0], fps=VIDEO_FPS, audio=load_audio(audio))
         path.write_bytes(data)
         examples.append((path, record["text"]))
     return examples

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch.distributed.fsdp import FSDPModule
 
+from .media_llama_mtsk import VIDEO_FPS, WHISPER_FRAMES_PER_SECOND
 from .modeling_llama_mtsk import CUSTOM_PIPELINES
 
 
@@ -38,9 +39,6 @@ _STRATEGY_NAMES = {
     "none": "no LoRA (frozen LLM)",
 }
 _COMPRESSION_NAMES = {"avg_pool": "averaged", "stack": "stacked along the channels"}
-# Encoder output rates the compression rates divide: Whisper 50 frames/s, AV-HuBERT 25 frames/s.
-AUDIO_FRAMES_PER_SECOND = 50
-VIDEO_FRAMES_PER_SECOND = 25
 
 WerTable = Mapping[str, Mapping[object, float]]
 
@@ -133,8 +131,8 @@ def model_card(
     rows = []
     for scale in scales:
         audio_rate, video_rate = scale
-        audio = f"{AUDIO_FRAMES_PER_SECOND / audio_rate:g}" if audio_rate else "-"
-        video = f"{VIDEO_FRAMES_PER_SECOND / video_rate:g}" if video_rate else "-"
+        audio = f"{WHISPER_FRAMES_PER_SECOND / audio_rate:g}" if audio_rate else "-"
+        video = f"{VIDEO_FPS / video_rate:g}" if video_rate else "-"  # AV-HuBERT: one output frame per video frame
         rows.append(f"| `{_scale_label(scale)}` | {audio_rate or '-'} | {video_rate or '-'} | {audio} | {video} |")
     scale_table = "\n".join(
         ["| scale | audio rate | video rate | audio tokens / s | video tokens / s |", "|---|---|---|---|---|", *rows]
@@ -249,13 +247,7 @@ def save_checkpoint(
         raise ValueError("save_checkpoint needs the whole model, not an FSDP2-sharded one: gather its weights first")
     if push_to_hub and not repo_id:
         raise ValueError("push_to_hub=True needs a repo_id, e.g. 'your-name/llama-mtsk-avsr'")
-    if model.config.uses_audio:
-        model_frames = 2 * model.config.audio_config.max_source_positions
-        processor_frames = processor.window_samples // processor.feature_extractor.hop_length
-        if model_frames != processor_frames:
-            raise ValueError(
-                f"The processor's Whisper window ({processor_frames} mel frames) differs from the model's ({model_frames})"
-            )
+    processor.check_whisper_window(model.config)
     _normalized_wer_table(model.config, wer_table)  # fail before writing anything
 
     model.save_pretrained(save_directory)

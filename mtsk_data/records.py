@@ -39,8 +39,6 @@ from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
 from llama_mtsk.processing_llama_mtsk import normalize_text
 
 
-# The name app.py imports the frame rate by; everything else imports VIDEO_FPS from llama_mtsk.media_llama_mtsk.
-FPS = VIDEO_FPS
 SPLITS = ("train", "validation", "test")
 
 

@@ -25,6 +25,7 @@ import jiwer
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+from llama_mtsk.media_llama_mtsk import SAMPLING_RATE
 from llama_mtsk.processing_llama_mtsk import normalize_text
 from mtsk_data.collator import decode_audio
 
@@ -78,7 +79,7 @@ def evaluate_whisper_decoder(
     started = time.monotonic()
     for start in range(0, len(records), batch_size):
         waveforms = [decode_audio(record) for record in records[start : start + batch_size]]
-        features = processor.feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt").input_features
+        features = processor.feature_extractor(waveforms, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
         generated = model.generate(features, max_new_tokens=max_new_tokens)
         texts = processor.batch_decode(generated, skip_special_tokens=True)
         hypotheses += [normalize_text(spell_numbers(text)) for text in texts]
