@@ -29,7 +29,7 @@ from llama_mtsk import LlamaMTSKForConditionalGeneration
 from llama_mtsk.hub import save_checkpoint
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.augment import AugmentationConfig, NoiseSource
-from mtsk_data.collator import MTSKCollator, babble_from_records
+from mtsk_data.collator import MTSKCollator, babble_from_records, decode_corpus
 from mtsk_data.records import load_split, shard_paths
 from mtsk_data.sampler import FrameBatchSampler, frame_counts
 from mtsk_data.streaming import StreamingFrameBatches
@@ -37,7 +37,7 @@ from mtsk_train.arguments import DataArguments, ModelArguments, MTSKTrainingArgu
 from mtsk_train.assemble import assemble_model
 from mtsk_train.averaging import average_checkpoints, last_checkpoints
 from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
-from mtsk_train.evaluation import evaluate_scales, markdown_table, wer_table, write_report
+from mtsk_train.evaluation import evaluate_sweep, markdown_table, wer_table, write_report
 from mtsk_train.resume import check_resume_checkpoint
 from mtsk_train.trainer import MatryoshkaTrainer, StreamingEpochCallback, TimeBudgetCallback
 
@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         lengths = frame_counts(train_records["n_frames"], train_records["duration"])
         train_batches = FrameBatchSampler(lengths, data_args.max_frames, seed=training_args.seed)
+    train_dataset = train_records
+    if data_args.decode_once:  # the same batches as from the files, without a decoding worker competing for the cores
+        train_dataset = decode_corpus(train_records, processor, modality, name=data_args.train_split)
     if data_args.cache_audio_encoder_outputs:  # after the sampler has checked every clip fits a batch
         if data_args.streaming:
             raise ValueError("cache_audio_encoder_outputs encodes the whole training split up front: drop streaming")
@@ -208,13 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
         eval_records = load_records(data_args, data_args.eval_split)
         eval_lengths = frame_counts(eval_records["n_frames"], eval_records["duration"])
         eval_batches = FrameBatchSampler(eval_lengths, data_args.max_frames, shuffle=False)
+        if data_args.decode_once:
+            eval_records = decode_corpus(eval_records, processor, modality, name=data_args.eval_split)
     if training_args.max_train_minutes is not None:
         callbacks.append(TimeBudgetCallback(training_args.max_train_minutes))
 
     trainer = MatryoshkaTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_records,
+        train_dataset=train_dataset,
         eval_dataset=eval_records,
         processing_class=processor,
         train_batches=train_batches,
@@ -252,12 +257,16 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.eval_max_samples is not None:
         test_records = test_records.select(range(min(training_args.eval_max_samples, len(test_records))))
     test_list = [test_records[index] for index in range(len(test_records))]
-    results, _ = evaluate_scales(
+    noise_scales = training_args.eval_noise_scales
+    results, _ = evaluate_sweep(
         model,
         processor,
         test_list,
         snrs_db=parse_snrs(training_args.eval_snrs_db),
         noise=noise,
+        # [rate] names a scale of a single-modality model, as the plain integer `scale=` takes.
+        noise_scales=None if noise_scales is None else [scale[0] if len(scale) == 1 else scale for scale in noise_scales],
+        blank_video=training_args.eval_blank_video,
         batch_size=training_args.eval_batch_size,
         generate_kwargs={"num_beams": training_args.eval_num_beams, "max_new_tokens": training_args.eval_max_new_tokens},
         process_index=training_args.process_index,

@@ -18,6 +18,10 @@ and hands the batch to :class:`~llama_mtsk.processing_llama_mtsk.LlamaMTSKProces
 computes the Whisper log-mel, normalises the pixels and tokenises the transcripts into ``labels``. Training and
 evaluation thus read every pixel through the same code as inference.
 
+Decoding once: :func:`decode_records` decodes the media of many records up front, as this collator would decode them
+per batch, into records that hold the arrays; the collator gives exactly the same batches from those (training's
+``decode_once``, through :func:`decode_corpus`, which refuses a corpus too large for memory and logs its cost).
+
 Determinism: the augmentation of a record is drawn from a generator seeded by ``(seed, epoch, record id)``
 (:func:`~mtsk_data.augment.sample_rng`), so it does not depend on the batch, the process or the DataLoader worker,
 and a resumed run reproduces it. Call :meth:`MTSKCollator.set_epoch` at the start of every epoch (with the sampler's
@@ -27,8 +31,10 @@ shared memory, so DataLoader workers see it even when they are persistent.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,8 @@ from .augment import AugmentationConfig, NoiseSource, augment_audio, augment_vid
 
 
 MODALITIES = ("audio", "video", "audiovisual")
+
+logger = logging.getLogger(__name__)
 
 
 def _media_source(value: Mapping[str, Any], record_id: str, column: str, media_root: str | None) -> bytes | str:
@@ -208,6 +216,103 @@ class MTSKCollator:
             return_tensors="pt",
         )
         return dict(features)
+
+
+def _stored_bytes(array: np.ndarray) -> int:
+    """The bytes of memory behind an array: a broadcast axis (stride 0) stores one item."""
+    return array.itemsize * int(np.prod([size for size, stride in zip(array.shape, array.strides) if stride != 0]))
+
+
+def _compact_frames(frames: np.ndarray) -> np.ndarray:
+    """RGB frames whose three channels are equal (a gray video decodes so) as one stored channel broadcast back to
+    ``(T, H, W, 3)``: a third of the memory, and every reader sees the same values as in ``frames``."""
+    rgb = frames.ndim == 4 and frames.shape[-1] == 3
+    if rgb and np.array_equal(frames[..., 1], frames[..., 0]) and np.array_equal(frames[..., 2], frames[..., 0]):
+        return np.broadcast_to(frames[..., :1].copy(), frames.shape)
+    return frames
+
+
+def decoded_bytes(records: Sequence[Mapping[str, Any]]) -> int:
+    """The memory held by the decoded audio and video arrays of ``records`` (from :func:`decode_records`)."""
+    return sum(
+        _stored_bytes(record[column])
+        for record in records
+        for column in ("audio", "video")
+        if isinstance(record.get(column), np.ndarray)
+    )
+
+
+def decode_records(
+    records: Iterable[Mapping[str, Any]],
+    processor: Any,
+    modality: str = "audiovisual",
+    media_root: str | None = None,
+) -> list[dict[str, Any]]:
+    """The records with the media ``modality`` reads decoded, as :class:`MTSKCollator` decodes them per batch
+    (:func:`decode_audio`, :func:`decode_video` with ``processor``'s video processor): ``audio`` a float32 16 kHz
+    waveform, ``video`` uint8 frames (a gray clip's channels stored once, see :func:`_compact_frames`). A collator of
+    that modality gives the same batches from them as from ``records``. The media column the modality does not read
+    is left out; the other columns are kept."""
+    if modality not in MODALITIES:
+        raise ValueError(f"decode_records: modality must be one of {MODALITIES}, got {modality!r}")
+    decoded = []
+    for record in records:
+        media = {}
+        if modality in ("audio", "audiovisual"):
+            media["audio"] = decode_audio(record, media_root)
+        if modality in ("video", "audiovisual"):
+            media["video"] = _compact_frames(decode_video(record, processor.video_processor, media_root))
+        decoded.append({**{key: value for key, value in record.items() if key not in ("audio", "video")}, **media})
+    return decoded
+
+
+def available_memory_bytes() -> int:
+    """The memory this machine can still hand out without swapping (psutil's ``available``; without psutil, the free
+    pages, which leave out the reclaimable page cache)."""
+    try:
+        import psutil
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(psutil.virtual_memory().available)
+
+
+def decode_corpus(
+    records: Sequence[Mapping[str, Any]],
+    processor: Any,
+    modality: str = "audiovisual",
+    name: str = "corpus",
+    media_root: str | None = None,
+    max_bytes: int | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`decode_records` for a corpus split held in memory for a whole training run; logs the time and memory.
+
+    Refuses the split before decoding it all when its decoded size, extrapolated from the first clip's bytes per second
+    of ``duration``, exceeds ``max_bytes`` (default: half of :func:`available_memory_bytes`, shared by the training
+    processes of this machine, ``LOCAL_WORLD_SIZE`` as torchrun and accelerate set it, each of which holds a copy).
+    """
+    if len(records) == 0:
+        raise ValueError(f"decode_corpus: {name} holds no records")
+    if max_bytes is None:
+        max_bytes = available_memory_bytes() // (2 * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    started = time.monotonic()
+    first = decode_records([records[0]], processor, modality, media_root)
+    # A datasets.Dataset reads the column without the media; a list of records is read record by record.
+    durations = records["duration"] if hasattr(records, "column_names") else [record["duration"] for record in records]
+    estimate = decoded_bytes(first) / float(first[0]["duration"]) * float(np.sum(durations))
+    if estimate > max_bytes:
+        raise ValueError(
+            f"decode_once: the decoded {name} split ({len(records)} clips, {float(np.sum(durations)) / 3600:.1f} h) "
+            f"would take about {estimate / 2**30:.1f} GiB of memory, over the {max_bytes / 2**30:.1f} GiB allowed "
+            "(by default half of the memory available, per training process on this machine); train without "
+            "decode_once, or with streaming"
+        )
+    rest = (records[index] for index in range(1, len(records)))  # one record's bytes in memory at a time
+    decoded = first + decode_records(rest, processor, modality, media_root)
+    logger.info(
+        "decode_once: %d %s clips decoded in %.1f s, %.0f MB in memory (estimated %.0f MB)",
+        len(decoded), name, time.monotonic() - started, decoded_bytes(decoded) / 1e6, estimate / 1e6,
+    )
+    return decoded
 
 
 def babble_from_records(

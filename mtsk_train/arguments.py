@@ -124,8 +124,20 @@ class DataArguments:
         default_factory=lambda: ["-5", "0", "5", "10", "15", "20", "clean"],
         metadata={"help": "Babble SNRs (dB) drawn per training utterance; 'clean' = no noise"},
     )
+    decode_once: bool = field(
+        default=False,
+        metadata={"help": "Decode the audio and video of every train (and eval_split) clip once into memory up front "
+                  "instead of in every epoch; refused when the decoded split would take over half of the available "
+                  "memory (the time and MB are logged)"},
+    )
 
     def __post_init__(self):
+        if self.decode_once and self.streaming:
+            raise ValueError("decode_once holds the whole decoded training split in memory, streaming reads it shard by "
+                             "shard: set one of decode_once and streaming")
+        if self.decode_once and self.cache_audio_encoder_outputs:
+            raise ValueError("decode_once has nothing to do with cache_audio_encoder_outputs, which reads every clip "
+                             "once already: drop decode_once")
         if self.encoder_output_mask_window < 0:
             raise ValueError(f"encoder_output_mask_window must be >= 0 frames, got {self.encoder_output_mask_window}")
         if self.encoder_output_mask_window and not self.cache_audio_encoder_outputs:
@@ -164,6 +176,18 @@ class MTSKTrainingArguments(TrainingArguments):
     eval_max_samples: int | None = None
     eval_snrs_db: list[str] = field(
         default_factory=lambda: ["clean"], metadata={"help": "Babble SNRs (dB) of the final evaluation; 'clean' = none"}
+    )
+    eval_noise_scales: list[list[int]] | None = field(
+        default=None,
+        metadata={"help": "Scales the noisy eval_snrs_db and eval_blank_video are evaluated at, each [audio_rate, "
+                  "video_rate] ([rate] for one modality), e.g. [[4, 2]]; clean audio is evaluated at every scale. "
+                  "Default: every trained scale"},
+    )
+    eval_blank_video: bool = field(
+        default=False,
+        metadata={"help": "Audio-visual models: also evaluate with the video blanked (pixel values 0 after "
+                  "normalisation) at every eval_snrs_db and eval_noise_scales scale, rows of their own in the report: "
+                  "what the lips add"},
     )
     transcribe_example: bool = field(
         default=True, metadata={"help": "Finally transcribe a test clip through pipeline('automatic-speech-recognition')"}

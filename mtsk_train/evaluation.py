@@ -7,6 +7,10 @@ words, mean LLM input tokens, mean LLM tokens processed (input and generated, ev
 time), `eval_report.md` (the same as a table, WER in %) and `wer_vs_tokens.png` (WER against LLM tokens processed per
 clip, the paper's trade-off picture) into `--output_dir` (default: the model folder).
 
+The video ablation gets rows of its own (`blank_video` true, labelled "video blanked"): `--blank_video` evaluates the
+audio-visual model again with every pixel value 0 after normalisation (each frame the mean gray, the clip's length and
+so its video tokens kept), at the same scales and SNRs, which shows how much the lips add to the audio.
+
 Adaptive inference gets rows of its own (`mode` "auto" or "cascade"): `--budgets 60,90` adds `scale="auto"` at those
 LLM input token budgets; `--calibrate_cascade` first chooses the cascade's confidence threshold on `--calibration_split`
 (the cheapest whose WER is within `--max_wer_increase` of the finest scale's), stores it in the checkpoint's
@@ -34,7 +38,7 @@ import torch
 from llama_mtsk import LlamaMTSKForConditionalGeneration
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, normalize_text
 from mtsk_data.augment import AugmentationConfig, NoiseSource
-from mtsk_data.collator import MTSKCollator, babble_from_records
+from mtsk_data.collator import MTSKCollator, babble_from_records, decode_records
 
 
 @dataclass
@@ -58,6 +62,8 @@ class ScaleResult:
     cascade_threshold: float | None = None
     # Adaptive modes: the share of clips that ended at each scale.
     final_scales: dict[str, float] | None = None
+    # The video ablation: the model saw every pixel value 0 (after normalisation) instead of the clips.
+    blank_video: bool = False
 
     @property
     def scale(self) -> tuple[int | None, int | None]:
@@ -76,14 +82,26 @@ def evaluate_scales(
     generate_kwargs: dict[str, Any] | None = None,
     process_index: int = 0,
     num_processes: int = 1,
+    blank_video: bool = False,
 ) -> tuple[list[ScaleResult], dict[str, list[str]]]:
-    """Transcribes `records` at every scale (default: every trained scale) and SNR (None = clean audio).
+    """Transcribes `records` at every scale (default: every trained scale) and SNR (None = clean audio). Each batch is
+    decoded once for all SNRs.
+
+    With `blank_video` (audio-visual models), the model gets `pixel_values_videos` of zeros, the value of the mean
+    pixel after normalisation, with the clips' masks, so the same number of video tokens: the rows (`blank_video`
+    true) measure what the lips add to the audio.
 
     With `num_processes` > 1 (torch.distributed initialised, every process calling with the same arguments and the
     whole model, not FSDP shards: each process generates on its own), process `process_index` transcribes every
     `num_processes`-th batch and the transcripts are gathered, so every process returns what one process would.
 
-    Returns the results and the hypotheses per `"<scale>@<snr>"` key, in record order."""
+    Returns the results and the hypotheses per `"<scale>@<snr>"` key (`"<scale>@<snr> video blanked"` with
+    `blank_video`), in record order."""
+    if blank_video and model.config.modality != "audiovisual":
+        raise ValueError(
+            "blank_video measures what the video adds to the audio: it needs an audiovisual model, got modality "
+            f"{model.config.modality!r}"
+        )
     model.eval()
     scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
     generate_kwargs = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False, **(generate_kwargs or {})}
@@ -92,19 +110,22 @@ def evaluate_scales(
     batch_starts = range(0, len(records), batch_size)
     # (SNR, scale, batch index) -> (normalised transcripts, LLM input tokens per record) of this process's batches
     outputs: dict[tuple, tuple[list[str], list[int]]] = {}
+    collators = []
     for snr_db in snrs_db:
         if snr_db is not None and model.config.uses_audio and noise is None:
             raise ValueError(f"Evaluating at {snr_db} dB SNR needs a noise source (a noise file or corpus babble)")
-        collator = MTSKCollator(
-            processor,
-            modality=model.config.modality,
-            training=False,
-            augmentation=AugmentationConfig(eval_snr_db=snr_db),
-            noise=noise,
+        augmentation = AugmentationConfig(eval_snr_db=snr_db)
+        collators.append(
+            (snr_db, MTSKCollator(processor, modality=model.config.modality, augmentation=augmentation, noise=noise))
         )
-        for batch_index in range(process_index, len(batch_starts), num_processes):
-            batch = collator(records[batch_starts[batch_index] : batch_starts[batch_index] + batch_size])
+    for batch_index in range(process_index, len(batch_starts), num_processes):
+        start = batch_starts[batch_index]
+        decoded = decode_records(records[start : start + batch_size], processor, model.config.modality)
+        for snr_db, collator in collators:
+            batch = collator(decoded)
             inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
+            if blank_video:
+                inputs["pixel_values_videos"] = torch.zeros_like(inputs["pixel_values_videos"])
             for scale in scales:
                 tokens = model.count_llm_input_tokens(scale, **inputs).tolist()
                 started = time.monotonic()
@@ -128,9 +149,42 @@ def evaluate_scales(
             seconds = sum(batch[3] for batch in per_batch)
             results.append(
                 _result(references, texts, tokens, processed, seconds, flops_per_token, snr_db, audio_rate=scale[0],
-                        video_rate=scale[1])
+                        video_rate=scale[1], blank_video=blank_video)
             )
-            hypotheses[f"{scale}@{snr_db}"] = texts
+            hypotheses[f"{scale}@{snr_db}" + (" video blanked" if blank_video else "")] = texts
+    return results, hypotheses
+
+
+def evaluate_sweep(
+    model: LlamaMTSKForConditionalGeneration,
+    processor: LlamaMTSKProcessor,
+    records: Sequence[dict[str, Any]],
+    scales: Sequence[tuple] | None = None,
+    snrs_db: Sequence[float | None] = (None,),
+    noise: NoiseSource | None = None,
+    noise_scales: Sequence[tuple] | None = None,
+    blank_video: bool = False,
+    **kwargs: Any,
+) -> tuple[list[ScaleResult], dict[str, list[str]]]:
+    """`evaluate_scales` (which gets `kwargs`) over a noise sweep and the video ablation: clean audio (None in
+    `snrs_db`) at `scales` (default: every trained scale), the other SNRs at `noise_scales` (default: `scales`), then
+    with `blank_video` every SNR of `snrs_db` at `noise_scales` again with the video blanked. The noisy SNRs and the
+    ablation can so be kept to a few scales, and the evaluation short, while the clean row of every scale stays."""
+    if noise_scales is None:
+        runs = [(scales, list(snrs_db), False)]
+    else:
+        clean, noisy = [snr for snr in snrs_db if snr is None], [snr for snr in snrs_db if snr is not None]
+        runs = [(scales, clean, False), (noise_scales, noisy, False)]
+    if blank_video:
+        runs.append((noise_scales if noise_scales is not None else scales, list(snrs_db), True))
+    results, hypotheses = [], {}
+    for run_scales, run_snrs, blank in runs:
+        if run_snrs:
+            rows, texts = evaluate_scales(
+                model, processor, records, scales=run_scales, snrs_db=run_snrs, noise=noise, blank_video=blank, **kwargs
+            )
+            results += rows
+            hypotheses.update(texts)
     return results, hypotheses
 
 
@@ -216,7 +270,8 @@ def _scale_label(result: ScaleResult) -> str:
         return f"auto, <= {result.max_llm_tokens} tokens"
     if result.mode == "cascade":
         return f"cascade, threshold {result.cascade_threshold:.3g}"
-    return f"({result.audio_rate}, {result.video_rate})".replace("None", "-")
+    label = f"({result.audio_rate}, {result.video_rate})".replace("None", "-")
+    return label + (", video blanked" if result.blank_video else "")
 
 
 def markdown_table(results: Sequence[ScaleResult]) -> str:
@@ -254,10 +309,16 @@ def write_report(results: Sequence[ScaleResult], output_dir: str | Path, title: 
 
     figure, axes = plt.subplots(figsize=(6, 4))
     fixed = [result for result in results if result.mode == "fixed"]
-    for snr_db in dict.fromkeys(result.snr_db for result in fixed):
-        curve = sorted((r for r in fixed if r.snr_db == snr_db), key=lambda r: r.mean_llm_tokens_processed)
-        label = "clean" if snr_db is None else f"{snr_db:g} dB"
-        axes.plot([r.mean_llm_tokens_processed for r in curve], [100 * r.wer for r in curve], marker="o", label=label)
+    for snr_db, blank_video in dict.fromkeys((result.snr_db, result.blank_video) for result in fixed):
+        curve = sorted(
+            (r for r in fixed if r.snr_db == snr_db and r.blank_video == blank_video),
+            key=lambda r: r.mean_llm_tokens_processed,
+        )
+        label = ("clean" if snr_db is None else f"{snr_db:g} dB") + (", video blanked" if blank_video else "")
+        axes.plot(
+            [r.mean_llm_tokens_processed for r in curve], [100 * r.wer for r in curve], marker="o", label=label,
+            linestyle="--" if blank_video else "-",
+        )
         for result in curve:
             axes.annotate(_scale_label(result), (result.mean_llm_tokens_processed, 100 * result.wer), fontsize=8)
     for mode, marker in (("auto", "x"), ("cascade", "*")):
@@ -279,9 +340,11 @@ def write_report(results: Sequence[ScaleResult], output_dir: str | Path, title: 
 
 
 def wer_table(results: Sequence[ScaleResult]) -> dict[tuple, float]:
-    """Clean-audio WER (%) per fixed scale, the table the model card shows."""
+    """Clean-audio WER (%) per fixed scale with the video seen, the table the model card shows."""
     return {
-        result.scale: round(100 * result.wer, 2) for result in results if result.snr_db is None and result.mode == "fixed"
+        result.scale: round(100 * result.wer, 2)
+        for result in results
+        if result.snr_db is None and result.mode == "fixed" and not result.blank_video
     }
 
 
@@ -298,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scales", default=None, help='e.g. "4,2;16,5" (default: every trained scale)')
     parser.add_argument("--snrs", default=None, help='babble SNRs in dB, e.g. "clean,5,0,-5" (default: clean)')
     parser.add_argument("--noise_file", default=None, help="noise wav/flac for --snrs (default: babble of the train split)")
+    parser.add_argument(
+        "--blank_video", action="store_true",
+        help="audio-visual models: also evaluate every scale and SNR with the video blanked (rows of their own)",
+    )
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", type=int, default=32)
@@ -333,13 +400,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     noise = None
     if any(snr is not None for snr in snrs):
         noise = NoiseSource.from_file(args.noise_file) if args.noise_file else babble_from_records(load_split(args.data, "train"))
-    results, _ = evaluate_scales(
+    results, _ = evaluate_sweep(
         model,
         processor,
         records,
         scales=scales,
         snrs_db=snrs,
         noise=noise,
+        blank_video=args.blank_video,
         batch_size=args.batch_size,
         generate_kwargs={
             "num_beams": args.num_beams,
@@ -371,7 +439,9 @@ def update_model_card(model, folder: Path, dataset: str, results: Sequence[Scale
     from llama_mtsk.hub import model_card
 
     finest_scale = model.cascade_order()[-1]
-    finest = next(r for r in results if r.mode == "fixed" and r.scale == finest_scale and r.snr_db is None)
+    finest = next(
+        r for r in results if r.mode == "fixed" and r.scale == finest_scale and r.snr_db is None and not r.blank_video
+    )
     card = model_card(
         model.config,
         folder.resolve().name,
