@@ -36,6 +36,7 @@ from mtsk_data.streaming import StreamingFrameBatches
 from mtsk_train.arguments import DataArguments, ModelArguments, MTSKTrainingArguments, parse_arguments, parse_snrs
 from mtsk_train.assemble import assemble_model
 from mtsk_train.averaging import average_checkpoints, last_checkpoints
+from mtsk_train.ctc_warmup import warm_up_audio_projectors
 from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
 from mtsk_train.evaluation import evaluate_sweep, markdown_table, wer_table, write_report
 from mtsk_train.resume import check_resume_checkpoint
@@ -206,6 +207,16 @@ def main(argv: list[str] | None = None) -> dict:
             mask_window=data_args.encoder_output_mask_window,
             seed=training_args.seed,
         )
+        if training_args.audio_ctc_warmup_steps and training_args.resume_from_checkpoint is None:
+            warm_up_audio_projectors(
+                model,
+                train_collator,
+                train_list,
+                training_args.audio_ctc_warmup_steps,
+                batch_size=training_args.audio_ctc_warmup_batch_size,
+                learning_rate=training_args.audio_ctc_warmup_learning_rate,
+                seed=training_args.seed,
+            )
     eval_records = eval_batches = None
     if data_args.eval_split is not None:
         eval_records = load_records(data_args, data_args.eval_split)

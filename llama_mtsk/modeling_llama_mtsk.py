@@ -1240,6 +1240,32 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             log_probs, targets, audio.counts, is_target.sum(-1), blank=0, reduction="mean", zero_infinity=True
         )
 
+    def audio_ctc_loss(
+        self,
+        labels: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        audio_encoder_outputs: torch.Tensor | None = None,
+        audio_encoder_outputs_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The auxiliary CTC loss of `audio_ctc_weight` alone, over every trained audio rate, without running the LLM:
+        it trains the audio projectors to say which word pieces the audio holds, at a small fraction of a Matryoshka
+        step's cost (`audio_ctc_warmup_steps` in training)."""
+        if not self.config.uses_audio:
+            raise ValueError(f"audio_ctc_loss needs a model with audio, this one's modality is {self.config.modality!r}")
+        if (input_features is None) == (audio_encoder_outputs is None):
+            raise ValueError("audio_ctc_loss takes input_features or audio_encoder_outputs, exactly one of them")
+        if audio_encoder_outputs is not None:
+            features, lengths = audio_encoder_outputs, self._encoder_output_lengths(audio_encoder_outputs_mask)
+        else:
+            features, lengths = self.encode_audio(input_features, input_features_mask)
+        rates = sorted({audio_rate for audio_rate, _ in self.config.scales})
+        batch_size = labels.shape[0]
+        sample_index = torch.arange(batch_size, device=labels.device).repeat(len(rates))
+        row_rates = [rate for rate in rates for _ in range(batch_size)]
+        audio = self._project(features, lengths, row_rates, sample_index, self.audio_projectors)
+        return self._audio_ctc_loss(audio, labels[sample_index])
+
     # -- adaptive inference ------------------------------------------------------------------------------------------
 
     def cascade_order(self) -> list[tuple[int | None, int | None]]:

@@ -170,6 +170,13 @@ class MTSKTrainingArguments(TrainingArguments):
         metadata={"help": "Weight of an auxiliary CTC loss aligning projected audio tokens with the LLM's input "
                   "embeddings of the transcript (0: the paper's objective alone)"},
     )
+    audio_ctc_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Before the Matryoshka training, train only the audio projectors this many steps with the "
+                  "auxiliary CTC loss alone (no LLM pass; needs cache_audio_encoder_outputs)"},
+    )
+    audio_ctc_warmup_batch_size: int = field(default=16, metadata={"help": "Clips per CTC warm-up step"})
+    audio_ctc_warmup_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up"})
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the WER evaluation"})
     eval_num_beams: int = field(default=1, metadata={"help": "Beams of the WER evaluation (the authors use 15)"})
     eval_max_new_tokens: int = 32
@@ -403,4 +410,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[ModelArguments, 
     model_args, data_args, training_args = parser.parse_dict(coerce_config(values))
     if training_args.learning_rate is None:
         training_args.learning_rate = 5e-4 if model_args.modality == "video" else 1e-3
+    if training_args.audio_ctc_warmup_steps < 0:
+        raise ValueError(f"audio_ctc_warmup_steps must be >= 0, got {training_args.audio_ctc_warmup_steps}")
+    if training_args.audio_ctc_warmup_steps and not data_args.cache_audio_encoder_outputs:
+        raise ValueError("audio_ctc_warmup_steps trains on cached encoder outputs: set cache_audio_encoder_outputs")
     return model_args, data_args, training_args

@@ -90,3 +90,10 @@ def test_encoder_output_masks_need_the_cache(tmp_path):
         parse_config(tmp_path, "encoder_output_mask_window: 10\n")
     with pytest.raises(ValueError, match="must be >= 0 frames, got -2"):
         parse_config(tmp_path, "cache_audio_encoder_outputs: true\nencoder_output_mask_window: -2\n")
+
+
+def test_ctc_warm_up_needs_the_cache(tmp_path):
+    _, _, training_args = parse_config(tmp_path, "cache_audio_encoder_outputs: true\naudio_ctc_warmup_steps: 100\n")
+    assert training_args.audio_ctc_warmup_steps == 100
+    with pytest.raises(ValueError, match="trains on cached encoder outputs: set cache_audio_encoder_outputs"):
+        parse_config(tmp_path, "audio_ctc_warmup_steps: 100\n")
