@@ -27,7 +27,7 @@ demo: $(BIN)/.installed
 # SmolLM2-135M-Instruct, both frozen; the embedded corpus adds eSpeak voices. Each step resumes where it stopped.
 real-asr: $(BIN)/.installed
 	$(BIN)/python -m mtsk_data.prepare asterisk --out data/asterisk
-	$(BIN)/python -m mtsk_data.espeak_words --out data/espeak_words --clips 1000
+	$(BIN)/python -m mtsk_data.synth --out data/embedded
 	$(BIN)/python train.py configs/real_asr.yaml
 	$(BIN)/python -m mtsk_train.whisper_anchor --data data/asterisk --split test --report outputs/real_asr/final
 

@@ -106,7 +106,7 @@ def report_wer(report_path: Path | None) -> dict[tuple[int | None, int | None], 
     return {
         (row["audio_rate"], row["video_rate"]): 100 * row["wer"]
         for row in rows
-        if row.get("snr_db") is None and "audio_rate" in row and "video_rate" in row
+        if row.get("snr_db") is None and not row.get("blank_video") and "audio_rate" in row and "video_rate" in row
     }
 
 

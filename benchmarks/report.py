@@ -105,7 +105,7 @@ def _demo_section(demo: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for row in demo["per_scale"]:
-        if row["snr_db"] is not None:
+        if row["snr_db"] is not None or row.get("blank_video"):  # the noise sweep and the video ablation
             continue
         scale = (row["audio_rate"], row["video_rate"])
         target = DEMO_TARGETS["wer_4_2"] if scale == (4, 2) else DEMO_TARGETS["wer"]

@@ -415,3 +415,19 @@ def test_audiovisual_app_with_examples_report_and_bad_inputs(workdir, browser):
             browser.find_element(By.ID, "transcribe").click()
             assert "Traceback" not in error_message(browser, expected_message)
         check_no_internet_requests(requested_urls(browser), url)
+
+
+def test_report_wer_takes_the_clean_rows_only(tmp_path):
+    """The app shows each scale's clean-audio WER: rows of the babble sweep and of the video ablation are left out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from app import report_wer
+
+    rows = [
+        {"audio_rate": 4, "video_rate": 2, "snr_db": None, "wer": 0.08},
+        {"audio_rate": 4, "video_rate": 2, "snr_db": -5.0, "wer": 0.30},
+        {"audio_rate": 4, "video_rate": 2, "snr_db": None, "wer": 0.09, "blank_video": True},
+        {"audio_rate": 16, "video_rate": 5, "snr_db": None, "wer": 0.10},
+    ]
+    report = tmp_path / "eval_report.json"
+    report.write_text(json.dumps(rows))
+    assert report_wer(report) == {(4, 2): pytest.approx(8.0), (16, 5): pytest.approx(10.0)}
