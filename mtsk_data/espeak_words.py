@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import time
@@ -31,7 +30,7 @@ import numpy as np
 
 from mtsk_data.asterisk import fetch_packages
 from mtsk_data.records import ShardWriter, make_record
-from mtsk_data.synth import SPEAKERS, synthesize_in_workers, synthesize_speech
+from mtsk_data.synth import SPEAKERS, check_generation_settings, synthesize_in_workers, synthesize_speech
 
 
 WORDLIST_PACKAGE = "wamerican"
@@ -114,16 +113,7 @@ def generate(out_dir: str, words: list[str], clips: int, seed: int = 0, workers:
     started = time.perf_counter()
     vocabulary = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
     settings = {"clips": clips, "seed": seed, "vocabulary_size": len(words), "vocabulary_sha256": vocabulary}
-    os.makedirs(out_dir, exist_ok=True)
-    settings_path = os.path.join(out_dir, "generation.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as file:
-            previous = json.load(file)
-        if previous != settings:
-            raise ValueError(f"espeak_words: {out_dir} was generated with {previous}, not {settings}; use a new folder")
-    else:
-        with open(settings_path, "w") as file:
-            json.dump(settings, file)
+    check_generation_settings(out_dir, settings, "espeak_words")
     plans = plan_clips(words, clips, seed)
     seconds = 0.0
     with ShardWriter(out_dir, "train") as writer:

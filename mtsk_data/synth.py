@@ -514,6 +514,21 @@ def _write_dataset_card(out_dir: str, counts: dict[str, int], seed: int) -> None
         file.write("\n".join(lines))
 
 
+def check_generation_settings(out_dir: str, settings: dict, caller: str) -> None:
+    """Creates ``out_dir`` and keeps ``settings`` in ``<out_dir>/generation.json``, or, when the folder was generated
+    before, refuses it unless it was made with the same settings (resuming must not mix two corpora)."""
+    os.makedirs(out_dir, exist_ok=True)
+    settings_path = os.path.join(out_dir, "generation.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as file:
+            previous = json.load(file)
+        if previous != settings:
+            raise ValueError(f"{caller}: {out_dir} was generated with {previous}, not {settings}; use a new folder")
+    else:
+        with open(settings_path, "w") as file:
+            json.dump(settings, file)
+
+
 def generate_corpus(
     out_dir: str,
     num_train: int = 3000,
@@ -532,18 +547,7 @@ def generate_corpus(
     """
     started = time.perf_counter()
     settings = {"seed": seed, "num_train": num_train, "num_validation": num_validation, "num_test": num_test}
-    os.makedirs(out_dir, exist_ok=True)
-    settings_path = os.path.join(out_dir, "generation.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as file:
-            previous = json.load(file)
-        if previous != settings:
-            raise ValueError(
-                f"generate_corpus: {out_dir} was generated with {previous}, not {settings}; use a new folder"
-            )
-    else:
-        with open(settings_path, "w") as file:
-            json.dump(settings, file)
+    check_generation_settings(out_dir, settings, "generate_corpus")
 
     plans = plan_corpus(num_train, num_validation, num_test, seed)
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
