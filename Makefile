@@ -32,6 +32,7 @@ real-asr: $(BIN)/.installed
 	$(BIN)/python -m mtsk_train.whisper_anchor --data data/asterisk --split test --report outputs/real_asr/final
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 tests
 
 # The web app on the demo checkpoint (`make demo` first): http://127.0.0.1:7860

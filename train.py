@@ -33,7 +33,7 @@ from mtsk_data.collator import MTSKCollator, babble_from_records, decode_corpus
 from mtsk_data.records import load_split, shard_paths
 from mtsk_data.sampler import FrameBatchSampler, frame_counts
 from mtsk_data.streaming import StreamingFrameBatches
-from mtsk_train.arguments import DataArguments, ModelArguments, MTSKTrainingArguments, parse_arguments, parse_snrs
+from mtsk_train.arguments import DataArguments, ModelArguments, parse_arguments, parse_snrs
 from mtsk_train.assemble import assemble_model
 from mtsk_train.averaging import average_checkpoints, last_checkpoints
 from mtsk_train.ctc_warmup import warm_up_audio_projectors

@@ -26,11 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import CompileConfig
-from transformers.generation.streamers import BaseStreamer
-
-from llama_mtsk import LlamaMTSKForConditionalGeneration
-from llama_mtsk.quantization import llm_quantization_config, quantize_language_model
 from run_benchmarks import (
     NEW_TOKENS,
     PROFILES,
@@ -45,6 +40,11 @@ from run_benchmarks import (
     synchronize,
     timed,
 )
+from transformers import CompileConfig
+from transformers.generation.streamers import BaseStreamer
+
+from llama_mtsk import LlamaMTSKForConditionalGeneration
+from llama_mtsk.quantization import llm_quantization_config, quantize_language_model
 
 
 SCALE = (4, 2)
@@ -285,9 +285,9 @@ def wer_under_options(
     decoding, and with int8 LLM weights, on CPU, and how many transcripts each option leaves as eager decoding wrote
     them. The model loads with this package's class, so the decoding code under test is this repository's, whatever
     remote code the checkpoint carries."""
-    from mtsk_data.records import load_split
     from transformers import AutoProcessor
 
+    from mtsk_data.records import load_split
     from mtsk_train.evaluation import evaluate_scales
 
     records = load_split(str(data), split)

@@ -312,7 +312,7 @@ def training_step_times(model, device, dtype, repeats: int, seconds: list[float]
     return rows
 
 
-def cpu_training_memory(profile: "Profile") -> list[dict[str, Any]]:
+def cpu_training_memory(profile: Profile) -> list[dict[str, Any]]:
     """Peak resident memory of one training step per variant, each in a fresh process (RSS peaks never go down)."""
     rows = []
     for checkpointing in (False, True):
@@ -325,7 +325,7 @@ def cpu_training_memory(profile: "Profile") -> list[dict[str, Any]]:
     return rows
 
 
-def memory_probe(approach: str, checkpointing: bool, profile: "Profile") -> None:
+def memory_probe(approach: str, checkpointing: bool, profile: Profile) -> None:
     """One training step in this process; prints the increase of peak RSS it caused, as JSON."""
     model = build_model(profile.training_llm(), profile.encoders)
     inputs = media_inputs(model, profile.training_seconds, torch.device("cpu"), torch.float32)
@@ -356,14 +356,14 @@ def _status_kib(field: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def data_pipeline(profile: "Profile") -> dict[str, Any]:
+def data_pipeline(profile: Profile) -> dict[str, Any]:
     """Decode + augment throughput of the training collator on generated clips (one process, one thread), and the
     same with the processor's features; as clips/s and as a multiple of real time per core."""
+    from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
     from mtsk_data.augment import AugmentationConfig, NoiseSource
     from mtsk_data.collator import MTSKCollator
     from mtsk_data.synth import make_utterance_record, plan_corpus
     from mtsk_train.assemble import add_special_tokens, load_tokenizer
-    from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 
     records = [make_utterance_record(plan) for plan in plan_corpus(profile.data_clips, 0, 0, seed=11)]
     tokenizer = load_tokenizer("smollm2")

@@ -12,6 +12,7 @@ from .modeling_llama_mtsk import (
     compress_frames,
 )
 
+
 __all__ = [
     "AVHubertConfig",
     "AVHubertVideoEncoder",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 MAX_STREAM_MISMATCH_SECONDS = 0.1
 MAX_STREAM_MISMATCH_FRACTION = 0.01
 
-MediaSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+MediaSource = str | os.PathLike | bytes | bytearray | BinaryIO
 
 
 # --------------------------------------------------------------------------------------------------------------------

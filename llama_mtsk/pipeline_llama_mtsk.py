@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from transformers.pipelines.base import ChunkPipeline, no_collate_fn
 from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
-from torch.utils.data import DataLoader
 
 from .media_llama_mtsk import (
     SAMPLES_PER_FRAME,

@@ -380,7 +380,7 @@ class LlamaMTSKProcessor(ProcessorMixin):
     @classmethod
     def from_model_config(
         cls, config, tokenizer, standardize_audio: bool = True, round_features_to_bfloat16: bool = False
-    ) -> "LlamaMTSKProcessor":
+    ) -> LlamaMTSKProcessor:
         """
         Builds the processor that matches a [`LlamaMTSKConfig`]: the Whisper window and mel bins from
         `config.audio_config` (`max_source_positions * 2` mel frames), the crop sizes and normalisation from

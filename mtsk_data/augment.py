@@ -173,7 +173,7 @@ class NoiseSource:
         utterances: Sequence[np.ndarray],
         num_talkers: int = 8,
         seed: int = 0,
-    ) -> "NoiseSource":
+    ) -> NoiseSource:
         """Babble: ``num_talkers`` streams of corpus speech played at once.
 
         The utterances (1-D float arrays at 16 kHz) are dealt round-robin to the talkers in a seeded random order, each

@@ -52,7 +52,6 @@ import pyarrow.parquet as pq
 import soundfile
 from tqdm.auto import tqdm
 
-from llama_mtsk.mouth_roi import MouthROIExtractor
 from llama_mtsk.media_llama_mtsk import (
     SAMPLES_PER_FRAME,
     SAMPLING_RATE,
@@ -62,6 +61,7 @@ from llama_mtsk.media_llama_mtsk import (
     load_audiovisual,
     prepare_audio,
 )
+from llama_mtsk.mouth_roi import MouthROIExtractor
 from mtsk_data import asterisk
 from mtsk_data.records import (
     SPLITS,

@@ -325,7 +325,7 @@ class ShardWriter:
             self._flush()
             self._closed = True
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

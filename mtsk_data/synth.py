@@ -36,10 +36,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import soxr
 
-from .grammar import VOCABULARY, make_splits
-from .prepare import write_auto_avsr_tree
 from llama_mtsk.media_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE
 
+from .grammar import VOCABULARY, make_splits
+from .prepare import write_auto_avsr_tree
 from .records import SPLITS, ShardWriter, make_record, normalize_text, shard_paths
 from .visemes import MouthGeometry, Phoneme, is_vowel, lip_track, render_mouth
 

@@ -166,7 +166,7 @@ class MouthGeometry:
     articulation: float = 1.0
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "MouthGeometry":
+    def sample(cls, rng: np.random.Generator) -> MouthGeometry:
         """A random plausible speaker."""
         return cls(
             half_width=float(rng.uniform(24.0, 30.0)),

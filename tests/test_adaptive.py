@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from llama_mtsk import LlamaMTSKForConditionalGeneration
 from tiny_models import single_sample, tiny_inputs, tiny_model
 
 
@@ -131,6 +130,7 @@ def test_cascade_needs_a_threshold_and_reads_the_calibrated_one(audio_model, tmp
 def test_pipeline_reports_the_scale_and_cost_of_auto_and_cascade(audio_model):
     from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline
     from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+
     from media_samples import signal
     from tiny_models import tiny_tokenizer
 

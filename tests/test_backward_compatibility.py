@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
 import llama_mtsk
-from isolated import run_isolated
 from llama_mtsk import LlamaMTSKForConditionalGeneration
 from llama_mtsk.modeling_llama_mtsk import SIBLING_MODULES
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, LlamaMTSKVideoProcessor
+
+from isolated import run_isolated
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_5a62781"

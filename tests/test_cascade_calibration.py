@@ -10,6 +10,7 @@ import torch
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, normalize_text
 from mtsk_data.collator import MTSKCollator
 from mtsk_train.cascade import ScaleDecodes, choose_threshold, decode_every_scale, replay_cascade
+
 from media_samples import signal
 from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
@@ -71,12 +72,14 @@ def test_the_cheapest_threshold_within_the_allowed_increase_is_chosen():
 def test_calibration_is_stored_in_the_checkpoint_and_loads_in_a_fresh_process(tmp_path):
     import json
 
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     from llama_mtsk.hub import save_checkpoint
     from mtsk_data.synth import generate_corpus
     from mtsk_train.assemble import assemble_model
     from mtsk_train.evaluation import main as evaluation_main
+
     from isolated import run_isolated
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     generate_corpus(str(tmp_path / "corpus"), num_train=4, num_validation=6, num_test=5, seed=5, workers=1)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "corpus" / "tokenizer")

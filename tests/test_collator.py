@@ -4,7 +4,6 @@ noise at a fixed SNR, and frame-capped batches end to end with the batch sampler
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_config, tiny_tokenizer
 
 from llama_mtsk.media_llama_mtsk import load_audio
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
@@ -13,6 +12,8 @@ from mtsk_data.collator import MTSKCollator, babble_from_records, decode_video
 from mtsk_data.records import ShardWriter, load_split, make_record, shard_paths
 from mtsk_data.sampler import EpochDataset, FrameBatchSampler, frame_counts
 from mtsk_data.streaming import StreamingFrameBatches
+
+from tiny_models import tiny_config, tiny_tokenizer
 
 
 def _mouth(x: np.ndarray, y: np.ndarray, frame: int) -> np.ndarray:

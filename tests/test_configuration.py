@@ -6,6 +6,7 @@ import torch
 from transformers import LlamaConfig, WhisperConfig
 
 from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
+
 from tiny_models import tiny_config
 
 

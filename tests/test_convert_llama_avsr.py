@@ -17,9 +17,17 @@ from transformers import (
 )
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, reference_video_features, save_fairseq_checkpoint
 from llama_mtsk import LlamaMTSKForConditionalGeneration
 from mtsk_convert import llama_avsr
+
+from convert_fixtures import (
+    TINY,
+    avhubert_state_dict,
+    fairseq_checkpoint,
+    fairseq_config,
+    reference_video_features,
+    save_fairseq_checkpoint,
+)
 
 
 WORDS = "transcribe speech video and to text . zero one two three four five six seven eight nine".split()

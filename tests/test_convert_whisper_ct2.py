@@ -352,8 +352,8 @@ def test_whisper_tiny_en_from_the_wheel(tmp_path, monkeypatch):
     transcribes an eSpeak NG sentence correctly, token for token as CTranslate2 does from the original file."""
     import soxr
 
-    from mtsk_data.synth import espeak
     from mtsk_convert.whisper_ct2 import whisper_tiny_en_ct2_folder
+    from mtsk_data.synth import espeak
     from mtsk_train.assemble import WHISPER_TINY_EN, load_audio_encoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -7,9 +7,10 @@ import torch
 
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.collator import MTSKCollator
-from media_samples import signal
 from mtsk_train.ctc_warmup import warm_up_audio_projectors
 from mtsk_train.encoder_cache import EncodedAudioCollator, encode_audio_records
+
+from media_samples import signal
 from tiny_models import tiny_model, tiny_tokenizer
 
 

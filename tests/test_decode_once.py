@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media_samples import mouth_frames, signal, smooth_frames
-from test_train import log_history, tiny_arguments, workspace  # noqa: F401 (workspace: the tiny corpus fixture)
-from tiny_models import WORDS, tiny_config, tiny_tokenizer
 
 import mtsk_data.collator as collator_module
 import train
@@ -23,6 +20,10 @@ from mtsk_data.augment import AugmentationConfig
 from mtsk_data.collator import MTSKCollator, babble_from_records, decode_corpus, decode_records, decoded_bytes
 from mtsk_data.records import ShardWriter, load_split, make_record
 from mtsk_train.arguments import DataArguments, parse_arguments
+
+from media_samples import mouth_frames, signal, smooth_frames
+from test_train import log_history, tiny_arguments, workspace  # noqa: F401 (workspace: the tiny corpus fixture)
+from tiny_models import WORDS, tiny_config, tiny_tokenizer
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_demo_config_decodes_once_without_a_loader_worker_and_sweeps_noise_and_b
     assert training_args.eval_blank_video
 
 
-def test_training_with_decode_once_matches_training_from_the_files(workspace, tmp_path, caplog):
+def test_training_with_decode_once_matches_training_from_the_files(workspace, tmp_path, caplog):  # noqa: F811
     """train.py end to end on the tiny generated corpus: the same losses with decode_once, an eval split decoded too,
     and the final report with its noisy and video-blanked rows."""
     common = {"eval_split": "validation", "eval_strategy": "steps", "eval_steps": 2, "transcribe_example": False}

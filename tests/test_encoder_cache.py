@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
-from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
 from mtsk_data.collator import MTSKCollator
+from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
+
 from media_samples import signal
 from tiny_models import tiny_model, tiny_tokenizer
 

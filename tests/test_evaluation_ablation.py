@@ -9,14 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from media_samples import mouth_frames, signal
-from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
 import mtsk_train.evaluation as evaluation
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.collator import babble_from_records
 from mtsk_data.records import make_record
 from mtsk_train.evaluation import evaluate_scales, evaluate_sweep, markdown_table, wer_table, write_report
+
+from media_samples import mouth_frames, signal
+from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
 
 GENERATE = {"max_new_tokens": 3}

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from mtsk_convert import export_peft as export_module
 from mtsk_convert.export_peft import export_peft
+
 from tiny_models import tiny_model, tiny_tokenizer
 
 

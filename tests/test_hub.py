@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
-from isolated import run_isolated
 from llama_mtsk.hub import CUSTOM_PIPELINES, save_checkpoint
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+
+from isolated import run_isolated
 from media_samples import mouth_frames, mp4_bytes, signal, wav_bytes
 from tiny_models import tiny_model, tiny_tokenizer
 

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from llama_mtsk.modeling_llama_mtsk import MatryoshkaLoRALinear, use_lora_routes
 from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+
 from media_samples import mouth_frames, signal
 from tiny_models import tiny_inputs, tiny_model, tiny_tokenizer
 

@@ -5,6 +5,7 @@ import torch
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration, compress_frames
 from llama_mtsk.modeling_llama_mtsk import lora_adapter_names
+
 from tiny_models import single_sample, tiny_config, tiny_inputs, tiny_model
 
 

@@ -6,10 +6,11 @@ import torch
 from transformers import WhisperConfig
 
 import llama_mtsk.mouth_roi as mouth_roi
+from llama_mtsk.media_llama_mtsk import load_audio, load_audiovisual, load_video
 from llama_mtsk.modeling_llama_mtsk import LlamaMTSKGenerateOutput
 from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline, chunk_starts, merge_chunk_transcripts
-from llama_mtsk.media_llama_mtsk import load_audio, load_audiovisual, load_video
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+
 from media_samples import empty_video_bytes, faststart_mp4, mouth_frames, mp4_bytes, signal, smooth_frames, wav_bytes
 from tiny_models import WORDS, tiny_model, tiny_tokenizer
 

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
 
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, load_audio
 from mtsk_data import asterisk
@@ -24,6 +23,8 @@ from mtsk_data.collator import MTSKCollator
 from mtsk_data.prepare import SKIPPED_FILE, main, plan_asterisk, plan_audio_csv, prepare
 from mtsk_data.records import SPLITS, load_split, shard_paths
 from mtsk_data.sampler import frame_counts
+
+from tiny_models import tiny_model, tiny_tokenizer
 
 
 MAX_TRAIN, MAX_TEST = 16 * 25, 24 * 25

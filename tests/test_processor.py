@@ -29,6 +29,7 @@ from llama_mtsk.processing_llama_mtsk import (
     normalize_text,
     standardize_waveform,
 )
+
 from media_samples import (
     empty_video_bytes,
     faststart_mp4,

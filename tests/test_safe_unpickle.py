@@ -18,8 +18,9 @@ import pytest
 import torch
 from numpy._core.multiarray import _reconstruct, scalar
 
-from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, save_fairseq_checkpoint
 from mtsk_convert.safe_unpickle import UnsafeCheckpointError, load_checkpoint, resolve_global
+
+from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, save_fairseq_checkpoint
 
 
 def pickled_globals(path) -> set[str]:

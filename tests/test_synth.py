@@ -14,8 +14,8 @@ from mtsk_data.grammar import TEMPLATES, VOCABULARY, make_splits, num_sentences,
 from mtsk_data.records import shard_paths
 from mtsk_data.synth import (
     SPEAKERS,
-    export_auto_avsr,
     espeak,
+    export_auto_avsr,
     generate_corpus,
     intelligibility_problems,
     main,

@@ -19,14 +19,15 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperCo
 from transformers.integrations import HfDeepSpeedConfig
 
 import train
-from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, save_fairseq_checkpoint
-from isolated import run_isolated
 from llama_mtsk.modeling_llama_mtsk import AUTO_MAP, SIBLING_MODULES
 from mtsk_data.records import load_split
 from mtsk_data.synth import generate_corpus
 from mtsk_train.arguments import parse_arguments
 from mtsk_train.assemble import assemble_model, load_language_model
 from mtsk_train.evaluation import evaluate_scales, write_report
+
+from convert_fixtures import TINY, avhubert_state_dict, fairseq_checkpoint, fairseq_config, save_fairseq_checkpoint
+from isolated import run_isolated
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,12 +1,12 @@
 """The Whisper own-decoder anchor: numbers spelled out like corpus transcripts, corpus-level WER."""
 
 import jiwer
-import numpy as np
 import pytest
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
 
 from mtsk_convert.whisper_ct2 import whisper_tiny_en_ct2_folder
 from mtsk_train.whisper_anchor import evaluate_whisper_decoder, number_words, spell_numbers
+
 from media_samples import signal, wav_bytes
 
 
