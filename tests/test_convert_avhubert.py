@@ -7,6 +7,10 @@ import sys
 import pytest
 import torch
 
+from llama_mtsk import AVHubertVideoEncoder
+from mtsk_convert import avhubert
+from mtsk_convert.avhubert import config_from_fairseq, convert_checkpoint, map_weights, split_checkpoint
+
 from convert_fixtures import (
     LARGE,
     TINY,
@@ -16,9 +20,6 @@ from convert_fixtures import (
     reference_video_features,
     save_fairseq_checkpoint,
 )
-from llama_mtsk import AVHubertVideoEncoder
-from mtsk_convert import avhubert
-from mtsk_convert.avhubert import config_from_fairseq, convert_checkpoint, map_weights, split_checkpoint
 
 
 LARGE_DROPPED = {
