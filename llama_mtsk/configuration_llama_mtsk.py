@@ -38,10 +38,13 @@ class AVHubertConfig(PreTrainedConfig):
         hidden_dropout (`float`, defaults to 0.1): Dropout on residual branches (training only).
         attention_dropout (`float`, defaults to 0.1): Dropout on attention probabilities (training only).
         activation_dropout (`float`, defaults to 0.0): Dropout after the feed-forward activation (training only).
+        layerdrop (`float`, defaults to 0.0): Probability of skipping a transformer layer (training only, LayerDrop).
         layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
         layer_norm_first (`bool`, defaults to `True`): Pre-LN layers with a final LayerNorm (Large) or post-LN (Base).
         num_conv_pos_embeddings (`int`, defaults to 128): Kernel of the convolutional positional embedding.
         num_conv_pos_embedding_groups (`int`, defaults to 16): Groups of that convolution.
+        feat_extract_activation (`str`, defaults to `"gelu"`): Activation after that convolution (the name is
+            `HubertConfig`'s, whose positional embedding we use).
         frontend_channels (`int`, defaults to 64): Output channels of the 3-D convolution stem.
         resnet_channels (`list[int]`, defaults to `[64, 128, 256, 512]`): Widths of the four ResNet-18 stages.
         resnet_relu_type (`str`, defaults to `"prelu"`): `"prelu"` or `"relu"` in the front end.
@@ -62,10 +65,12 @@ class AVHubertConfig(PreTrainedConfig):
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
+    layerdrop: float = 0.0
     layer_norm_eps: float = 1e-5
     layer_norm_first: bool = True
     num_conv_pos_embeddings: int = 128
     num_conv_pos_embedding_groups: int = 16
+    feat_extract_activation: str = "gelu"
     frontend_channels: int = 64
     resnet_channels: list[int] | tuple[int, ...] = (64, 128, 256, 512)
     resnet_relu_type: str = "prelu"

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, CompileConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.dynamic_module_utils import get_cached_module_file
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
+from transformers.models.hubert.modeling_hubert import HubertEncoder, HubertEncoderStableLayerNorm
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import HF_MODULES_CACHE, ModelOutput
 
@@ -52,8 +53,28 @@ IGNORE_INDEX = -100
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# AV-HuBERT, video only. Module names follow fairseq's so that `large_vox_iter5.pt` maps key for key.
+# AV-HuBERT, video only: its ResNet front end (fairseq's module names), then transformers' HuBERT encoder, which
+# computes what fairseq's wav2vec 2.0 transformer in AV-HuBERT computes.
 # ---------------------------------------------------------------------------------------------------------------------
+
+# Checkpoints saved before the video encoder used transformers' HuBERT encoder have fairseq's names for it, as fairseq
+# AV-HuBERT checkpoints do: `from_pretrained` renames them (and `mtsk_convert.avhubert` converts with the same map).
+AVHUBERT_FAIRSEQ_RENAMES = {
+    r"encoder\.pos_conv\.0\.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+    r"encoder\.pos_conv\.0\.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+    r"encoder\.pos_conv\.0\.bias": "encoder.pos_conv_embed.conv.bias",
+    r"layers\.(\d+)\.self_attn_layer_norm\.": r"layers.\1.layer_norm.",
+    r"layers\.(\d+)\.self_attn\.": r"layers.\1.attention.",
+    r"layers\.(\d+)\.fc1\.": r"layers.\1.feed_forward.intermediate_dense.",
+    r"layers\.(\d+)\.fc2\.": r"layers.\1.feed_forward.output_dense.",
+}
+# Also applies where the encoder is the `video_encoder` of a Llama-MTSK model. `overwrite`: this module is imported
+# again as remote code.
+register_checkpoint_conversion_mapping(
+    "AVHubertVideoEncoder",
+    [WeightRenaming(source, target) for source, target in AVHUBERT_FAIRSEQ_RENAMES.items()],
+    overwrite=True,
+)
 
 
 class AVHubertBasicBlock(nn.Module):
@@ -140,114 +161,6 @@ class AVHubertVideoFeatureExtractor(nn.Module):
         return self.proj(self.resnet(videos, frame_mask))
 
 
-class AVHubertWeightNormConv1d(nn.Module):
-    """Grouped 1-D convolution with weight normalisation over the kernel axis (fairseq's `weight_norm(dim=2)`), kept
-    as explicit `weight_g` / `weight_v` parameters so checkpoint keys match fairseq's."""
-
-    def __init__(self, channels: int, kernel_size: int, groups: int):
-        super().__init__()
-        self.groups = groups
-        self.padding = kernel_size // 2
-        self.weight_g = nn.Parameter(torch.ones(1, 1, kernel_size))
-        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
-        return F.conv1d(hidden_states, weight, self.bias, padding=self.padding, groups=self.groups)
-
-
-class AVHubertSamePad(nn.Module):
-    """An even kernel with `padding = kernel // 2` yields one extra frame: drop it."""
-
-    def __init__(self, kernel_size: int):
-        super().__init__()
-        self.remove = 1 if kernel_size % 2 == 0 else 0
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states[..., : hidden_states.shape[-1] - self.remove]
-
-
-class AVHubertAttention(nn.Module):
-    def __init__(self, config: AVHubertConfig):
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.dropout = config.attention_dropout
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """key_mask: (B, 1, 1, T) bool, True where a key may be attended to."""
-        batch_size, length, _ = hidden_states.shape
-        shape = (batch_size, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out_proj(attended.transpose(1, 2).reshape(batch_size, length, -1))
-
-
-class AVHubertEncoderLayer(GradientCheckpointingLayer):
-    def __init__(self, config: AVHubertConfig):
-        super().__init__()
-        self.layer_norm_first = config.layer_norm_first
-        self.self_attn = AVHubertAttention(config)
-        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.activation = ACT2FN[config.hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
-
-    def _feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.activation_dropout(self.activation(self.fc1(hidden_states)))
-        return self.dropout(self.fc2(hidden_states))
-
-    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        if self.layer_norm_first:
-            hidden_states = hidden_states + self.dropout(self.self_attn(self.self_attn_layer_norm(hidden_states), key_mask))
-            return hidden_states + self._feed_forward(self.final_layer_norm(hidden_states))
-        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(self.self_attn(hidden_states, key_mask)))
-        return self.final_layer_norm(hidden_states + self._feed_forward(hidden_states))
-
-
-class AVHubertTransformerEncoder(nn.Module):
-    """fairseq's wav2vec 2.0 transformer: convolutional positional embedding, then pre-LN (or post-LN) layers."""
-
-    def __init__(self, config: AVHubertConfig):
-        super().__init__()
-        self.layer_norm_first = config.layer_norm_first
-        kernel_size = config.num_conv_pos_embeddings
-        self.pos_conv = nn.Sequential(
-            AVHubertWeightNormConv1d(config.hidden_size, kernel_size, config.num_conv_pos_embedding_groups),
-            AVHubertSamePad(kernel_size),
-            nn.GELU(),
-        )
-        self.layers = nn.ModuleList(AVHubertEncoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
-
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        # Zeroed padding makes the positional convolution see exactly what an unpadded clip sees.
-        hidden_states = hidden_states * frame_mask.unsqueeze(-1)
-        hidden_states = hidden_states + self.pos_conv(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if not self.layer_norm_first:
-            hidden_states = self.layer_norm(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        key_mask = frame_mask[:, None, None, :]
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, key_mask)
-        if self.layer_norm_first:
-            hidden_states = self.layer_norm(hidden_states)
-        return hidden_states
-
-
 class AVHubertPreTrainedModel(PreTrainedModel):
     config_class = AVHubertConfig
     config: AVHubertConfig
@@ -255,11 +168,15 @@ class AVHubertPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values_videos"
     input_modalities = ("video",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["AVHubertEncoderLayer"]
+    _no_split_modules = ["HubertEncoderLayer", "HubertEncoderLayerStableLayerNorm", "ParametrizedConv1d"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """fairseq's initialisation: He-normal convolutions in the ResNet, BERT-style N(0, 0.02) linear layers."""
+        """fairseq's initialisation: He-normal convolutions in the ResNet, BERT-style N(0, 0.02) linear layers, and
+        the positional convolution's (weight-normed over its kernel axis, the encoder's only 1-D convolution)."""
         if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             fan_out = math.prod(module.kernel_size) * module.out_channels
             init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
@@ -269,13 +186,19 @@ class AVHubertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.PReLU):
             init.constant_(module.weight, 0.25)
-        elif isinstance(module, AVHubertWeightNormConv1d):
-            kernel_size, channels = module.weight_v.shape[-1], module.weight_v.shape[0]
-            init.normal_(module.weight_v, mean=0.0, std=math.sqrt(4.0 / (kernel_size * channels)))
-            init.copy_(module.weight_g, module.weight_v.norm(dim=(0, 1), keepdim=True))
+        elif isinstance(module, nn.Conv1d):
+            weight_g, weight_v = module.parametrizations.weight.original0, module.parametrizations.weight.original1
+            kernel_size, channels = weight_v.shape[-1], weight_v.shape[0]
+            init.normal_(weight_v, mean=0.0, std=math.sqrt(4.0 / (kernel_size * channels)))
+            init.copy_(weight_g, weight_v.norm(dim=(0, 1), keepdim=True))
             init.zeros_(module.bias)
         else:
             super()._init_weights(module)
+
+    def save_pretrained(self, save_directory: str | Path, *args, save_original_format: bool = False, **kwargs) -> None:
+        # Write our names: by default transformers writes back the names the weights were renamed from at load (and for
+        # a new model, the names `AVHUBERT_FAIRSEQ_RENAMES` maps from).
+        super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
 
 class AVHubertVideoEncoder(AVHubertPreTrainedModel):
@@ -287,7 +210,8 @@ class AVHubertVideoEncoder(AVHubertPreTrainedModel):
         self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
         self.post_extract_proj = nn.Linear(2 * config.hidden_size, config.hidden_size)
         self.dropout_input = nn.Dropout(config.hidden_dropout)
-        self.encoder = AVHubertTransformerEncoder(config)
+        # HuBERT's two layer orders: pre-LN with a final LayerNorm (AV-HuBERT Large), or post-LN (Base).
+        self.encoder = HubertEncoderStableLayerNorm(config) if config.layer_norm_first else HubertEncoder(config)
         self.post_init()
 
     def forward(
@@ -314,7 +238,9 @@ class AVHubertVideoEncoder(AVHubertPreTrainedModel):
         video_features = self.feature_extractor_video(videos, frame_mask)
         features = torch.cat([torch.zeros_like(video_features), video_features], dim=-1)  # (zero audio, video)
         features = self.dropout_input(self.post_extract_proj(self.layer_norm(features)))
-        return BaseModelOutput(last_hidden_state=self.encoder(features, frame_mask))
+        # The encoder zeroes the padded frames, so that its positional convolution sees what an unpadded clip sees, and
+        # masks them as keys.
+        return self.encoder(features, attention_mask=frame_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -589,6 +515,7 @@ class LlamaMTSKPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
     # The Matryoshka loss averages per-scale token means itself; the Trainer must not renormalise it.
     accepts_loss_kwargs = False
@@ -692,14 +619,15 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             self.video_encoder.eval()
         return self
 
-    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | Path, *args, save_original_format: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus what a checkpoint needs to run anywhere with `trust_remote_code`: the
         auto classes (AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor) in `config.auto_map`, the
         automatic-speech-recognition pipeline in `config.custom_pipelines`, and the processor, pipeline and mouth-ROI
-        modules beside the model code. Every checkpoint the Trainer writes is therefore complete too."""
+        modules beside the model code. Every checkpoint the Trainer writes is therefore complete too. The weights keep
+        this model's names, not the ones a load renamed them from (`AVHUBERT_FAIRSEQ_RENAMES`)."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         self.config.custom_pipelines = CUSTOM_PIPELINES
-        super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
         for module_file in SIBLING_MODULES:
             source = Path(__file__).with_name(module_file)
             if not source.exists():

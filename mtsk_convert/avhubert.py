@@ -3,11 +3,14 @@
 
 The checkpoint is read with `mtsk_convert.safe_unpickle` (no pickled code runs). The architecture (layers, width,
 heads, FFN size, activation, pre/post-LN, positional convolution, ReLU type) comes from the checkpoint's own config,
-the ResNet widths from its weights, so Base and Large both convert. Our `AVHubertVideoEncoder` keeps fairseq's module
-names, so every kept tensor keeps its key; the mapping checks that every key the encoder expects is there with the
-expected shape and that every other key of the checkpoint is one we drop on purpose (`DROPPED`): the audio branch
-(Llama-MTSK feeds AV-HuBERT video only) and the pre-training heads. Fine-tuned AV-HuBERT checkpoints (the encoder
-under `encoder.w2v_model.`, plus a decoder) convert too; their decoder and output projection are dropped.
+the ResNet widths from its weights, so Base and Large both convert. Our `AVHubertVideoEncoder` keeps fairseq's names
+for the ResNet front end and the fusion, and its transformer is transformers' HuBERT encoder: `encoder_key` renames
+fairseq's transformer keys (`self_attn` -> `attention`, `fc1` -> `feed_forward.intermediate_dense`, the weight-normed
+`pos_conv.0.weight_g/_v` -> `pos_conv_embed.conv.parametrizations.weight.original0/1`, ...). The mapping checks that
+every key the encoder expects is there with the expected shape and that every other key of the checkpoint is one we
+drop on purpose (`DROPPED`): the audio branch (Llama-MTSK feeds AV-HuBERT video only) and the pre-training heads.
+Fine-tuned AV-HuBERT checkpoints (the encoder under `encoder.w2v_model.`, plus a decoder) convert too; their decoder
+and output projection are dropped.
 
 The output folder holds `config.json` (an `AVHubertConfig`), `model.safetensors` (keys exactly as
 `AVHubertVideoEncoder.state_dict()`) and a `README.md` that records where the weights came from; load it with
@@ -30,6 +33,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from llama_mtsk import AVHubertConfig, AVHubertVideoEncoder
+from llama_mtsk.modeling_llama_mtsk import AVHUBERT_FAIRSEQ_RENAMES
 
 from .safe_unpickle import load_checkpoint
 
@@ -169,6 +173,15 @@ def expected_shapes(config: AVHubertConfig) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def encoder_key(fairseq_key: str) -> str:
+    """Our `AVHubertVideoEncoder` key of a fairseq AV-HuBERT key (keys already ours come back unchanged), renamed as
+    `from_pretrained` renames the keys of checkpoints saved before the encoder used transformers' HuBERT modules."""
+    key = fairseq_key
+    for pattern, replacement in AVHUBERT_FAIRSEQ_RENAMES.items():
+        key = re.sub(pattern, replacement, key, count=1)
+    return key
+
+
 def _drop_reason(key: str, dropped: Mapping[str, str]) -> str | None:
     for prefix, reason in dropped.items():
         if key == prefix or key.startswith(prefix if prefix.endswith(".") else prefix + "."):
@@ -186,9 +199,9 @@ def map_weights(
     """
     Maps an AV-HuBERT state dict (fairseq keys, relative to the model) onto `AVHubertVideoEncoder(config)`.
 
-    Returns `(weights, dropped)`: the encoder's state dict, and every checkpoint key left out with the reason.
-    Raises `ValueError` listing the encoder keys the checkpoint lacks, the keys it has that are neither used nor
-    dropped on purpose, and the shapes that disagree with the config.
+    Returns `(weights, dropped)`: the encoder's state dict (our keys), and every checkpoint key left out with the
+    reason. Raises `ValueError` listing the encoder keys the checkpoint lacks (our names), the keys it has that are
+    neither used nor dropped on purpose, and the shapes that disagree with the config (fairseq names).
     """
     expected = expected_shapes(config)
     weights: dict[str, torch.Tensor] = {}
@@ -196,13 +209,13 @@ def map_weights(
     unused: list[str] = []
     mismatched: list[str] = []
     for key in tqdm(sorted(state), desc="Mapping AV-HuBERT tensors", unit="tensor", disable=not verbose):
-        tensor = state[key]
-        if key in expected:
-            if tuple(tensor.shape) != expected[key]:
-                mismatched.append(f"{key}: config expects {list(expected[key])}, checkpoint has {list(tensor.shape)}")
+        tensor, name = state[key], encoder_key(key)
+        if name in expected:
+            if tuple(tensor.shape) != expected[name]:
+                mismatched.append(f"{key}: config expects {list(expected[name])}, checkpoint has {list(tensor.shape)}")
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
-            weights[key] = tensor
+            weights[name] = tensor
         elif (reason := _drop_reason(key, dropped_on_purpose)) is not None:
             dropped[key] = reason
         else:
@@ -211,7 +224,7 @@ def map_weights(
     if missing or unused or mismatched:
         problems = []
         if missing:
-            problems.append(f"{len(missing)} encoder tensors missing from the checkpoint: {missing}")
+            problems.append(f"{len(missing)} encoder tensors missing from the checkpoint (our names): {missing}")
         if unused:
             problems.append(f"{len(unused)} checkpoint tensors neither used nor known to be droppable: {unused}")
         if mismatched:
@@ -317,7 +330,8 @@ tags:
 
 The video-only AV-HuBERT encoder of [Llama-MTSK](https://arxiv.org/abs/2503.06362), converted from the fairseq
 checkpoint `{source.name}` (sha256 `{source_sha256}`) by `python -m mtsk_convert.avhubert`, without fairseq and
-without executing the checkpoint's pickled code. Key names are fairseq's.
+without executing the checkpoint's pickled code. The ResNet front end keeps fairseq's key names; the transformer is
+transformers' HuBERT encoder, under its names.
 
 - {config.num_hidden_layers} layers, width {config.hidden_size}, {config.num_attention_heads} heads, FFN
   {config.intermediate_size}, {"pre" if config.layer_norm_first else "post"}-LN; ResNet-18 front end
@@ -411,6 +425,7 @@ __all__ = [
     "config_from_fairseq",
     "config_from_weights",
     "convert_checkpoint",
+    "encoder_key",
     "expected_shapes",
     "file_sha256",
     "log",

@@ -53,6 +53,7 @@ from .avhubert import (
     config_from_fairseq,
     config_from_weights,
     convert_checkpoint,
+    encoder_key,
     file_sha256,
     log,
     map_weights,
@@ -438,7 +439,9 @@ def avhubert_weights(
         if source_config is not None:
             from safetensors.torch import load_file
 
-            return source_config, load_file(path / "model.safetensors"), {}, str(path)
+            # Folders converted before the encoder used transformers' HuBERT modules hold fairseq's key names.
+            weights = {encoder_key(key): tensor for key, tensor in load_file(path / "model.safetensors").items()}
+            return source_config, weights, {}, str(path)
         config, weights = convert_checkpoint(path, verbose=verbose)
         return config, weights, {}, str(path)
 

@@ -9,7 +9,7 @@ import torch
 
 from llama_mtsk import AVHubertVideoEncoder
 from mtsk_convert import avhubert
-from mtsk_convert.avhubert import config_from_fairseq, convert_checkpoint, map_weights, split_checkpoint
+from mtsk_convert.avhubert import config_from_fairseq, convert_checkpoint, encoder_key, map_weights, split_checkpoint
 
 from convert_fixtures import (
     LARGE,
@@ -56,11 +56,11 @@ def test_key_inventory_on_meta_device(size, total, kept, values):
     assert config.resnet_channels == [64, 128, 256, 512] and config.frontend_channels == 64
     assert len(state) == total
     assert len(weights) == kept and set(encoder_dropped) == LARGE_DROPPED
-    assert set(weights) | set(encoder_dropped) == set(state)
-    assert all(weights[key].shape == state[key].shape for key in weights)
+    assert set(weights) | set(encoder_dropped) == {encoder_key(key) for key in state}
+    assert all(weights[encoder_key(key)].shape == state[key].shape for key in set(state) - set(encoder_dropped))
     assert sum(tensor.numel() for tensor in weights.values()) == values
-    # Every group of fairseq keys the issue names is present.
-    groups = {re.sub(r"\.\d+(?=\.)", ".N", key) for key in weights}
+    # Every group of fairseq keys the issue names is present and kept.
+    groups = {re.sub(r"\.\d+(?=\.)", ".N", key) for key in set(state) - set(encoder_dropped)}
     for expected in [
         "feature_extractor_video.resnet.frontend3D.N.weight",
         "feature_extractor_video.resnet.trunk.layer4.N.downsample.N.running_var",
@@ -91,7 +91,7 @@ def test_convert_matches_independent_reference(tmp_path, as_dictconfig):
 
     encoder, info = AVHubertVideoEncoder.from_pretrained(output_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert set(encoder.state_dict()) == set(state) - LARGE_DROPPED
+    assert set(encoder.state_dict()) == {encoder_key(key) for key in set(state) - LARGE_DROPPED}
     assert encoder.config.image_size == 16 and encoder.config.num_attention_heads == TINY["heads"]
 
     video = torch.randn(2, 12, 1, 16, 16, generator=torch.Generator().manual_seed(3))
@@ -142,8 +142,10 @@ def test_fine_tuned_checkpoint_keeps_the_encoder_and_drops_the_decoder(tmp_path)
     save_fairseq_checkpoint(fairseq_checkpoint(state, cfg), path)
 
     config, weights = convert_checkpoint(path)
-    assert set(weights) == set(pretrained) - LARGE_DROPPED
-    torch.testing.assert_close(weights["encoder.layers.1.fc2.weight"], pretrained["encoder.layers.1.fc2.weight"])
+    assert set(weights) == {encoder_key(key) for key in set(pretrained) - LARGE_DROPPED}
+    torch.testing.assert_close(
+        weights["encoder.layers.1.feed_forward.output_dense.weight"], pretrained["encoder.layers.1.fc2.weight"]
+    )
     assert config.hidden_size == TINY["hidden"]
 
 
@@ -152,7 +154,7 @@ def test_missing_unknown_and_mismatched_keys_are_errors(tmp_path):
 
     state = avhubert_state_dict(**TINY)
     del state["encoder.layers.1.self_attn.k_proj.bias"]
-    with pytest.raises(ValueError, match=r"1 encoder tensors missing.*encoder\.layers\.1\.self_attn\.k_proj\.bias"):
+    with pytest.raises(ValueError, match=r"1 encoder tensors missing.*encoder\.layers\.1\.attention\.k_proj\.bias"):
         map_weights(state, config)
 
     state = avhubert_state_dict(**TINY)
