@@ -335,7 +335,7 @@ def test_assembling_from_gguf_whisper_and_fairseq_avhubert_keeps_the_llm_text_pa
     # The pretrained parts landed, frozen; the five added tokens are in the tokenizer and the embedding.
     torch.testing.assert_close(model.audio_encoder.conv1.weight, whisper.encoder.conv1.weight)
     torch.testing.assert_close(
-        model.video_encoder.encoder.layers[0].fc1.weight, state["encoder.layers.0.fc1.weight"]
+        model.video_encoder.encoder.layers[0].feed_forward.intermediate_dense.weight, state["encoder.layers.0.fc1.weight"]
     )
     assert not any(p.requires_grad for p in model.audio_encoder.parameters())
     assert not any(p.requires_grad for p in model.video_encoder.parameters())
