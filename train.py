@@ -283,31 +283,33 @@ def main(argv: list[str] | None = None) -> dict:
         process_index=training_args.process_index,
         num_processes=training_args.world_size,
     )
-    if not trainer.is_world_process_zero():
-        return summary
-    write_report(results, final_dir, title=f"Llama-MTSK on {Path(data_args.dataset_dir).name} / {data_args.test_split}")
-    logger.info("WER per scale:\n%s", markdown_table(results))
-    save_checkpoint(  # again, with the WER table in the model card
-        final_dir,
-        model,
-        processor,
-        wer_table={Path(data_args.dataset_dir).name: wer_table(results)},
-        model_name=training_args.hub_model_id,
-        push_to_hub=training_args.push_to_hub,
-        repo_id=training_args.hub_model_id,
-        private=training_args.hub_private_repo,
-        token=training_args.hub_token,
-    )
-    summary["wer"] = {str(scale): value for scale, value in wer_table(results).items()}
-    if training_args.transcribe_example:
-        example = test_list[0]
-        text = transcribe_example(final_dir, example, model.config.scales[0])
-        logger.info("pipeline transcript of %s at %s: %r (reference %r)", example["id"], model.config.scales[0], text, example["text"])
-        summary["example"] = {"id": example["id"], "reference": example["text"], "transcript": text}
-    summary["total_minutes"] = (time.monotonic() - started) / 60
-    logger.info("done in %.1f min: %s", summary["total_minutes"], summary)
-    # The run's record (times, WER per scale, the pipeline example) for BENCHMARKS.md: run_benchmarks.py --demo.
-    (Path(training_args.output_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.is_world_process_zero():
+        write_report(results, final_dir, title=f"Llama-MTSK on {Path(data_args.dataset_dir).name} / {data_args.test_split}")
+        logger.info("WER per scale:\n%s", markdown_table(results))
+        save_checkpoint(  # again, with the WER table in the model card
+            final_dir,
+            model,
+            processor,
+            wer_table={Path(data_args.dataset_dir).name: wer_table(results)},
+            model_name=training_args.hub_model_id,
+            push_to_hub=training_args.push_to_hub,
+            repo_id=training_args.hub_model_id,
+            private=training_args.hub_private_repo,
+            token=training_args.hub_token,
+        )
+        summary["wer"] = {str(scale): value for scale, value in wer_table(results).items()}
+        if training_args.transcribe_example:
+            example = test_list[0]
+            text = transcribe_example(final_dir, example, model.config.scales[0])
+            logger.info("pipeline transcript of %s at %s: %r (reference %r)", example["id"], model.config.scales[0], text, example["text"])
+            summary["example"] = {"id": example["id"], "reference": example["text"], "transcript": text}
+        summary["total_minutes"] = (time.monotonic() - started) / 60
+        logger.info("done in %.1f min: %s", summary["total_minutes"], summary)
+        # The run's record (times, WER per scale, the pipeline example) for BENCHMARKS.md: run_benchmarks.py --demo.
+        (Path(training_args.output_dir) / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    # Each process closes its side of the process group before it exits: a process left to exit with gloo's (or
+    # DeepSpeed's) threads still running can abort ("terminate called without an active exception").
+    trainer.accelerator.end_training()
     return summary
 
 
