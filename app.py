@@ -168,7 +168,8 @@ def write_corpus_examples(corpus: Path, modality: str, out_dir: Path, count: int
     # with pyarrow rather than `datasets`, whose loader pings its usage counter on the internet.
     import pyarrow.parquet as pq
 
-    from llama_mtsk.media_llama_mtsk import VIDEO_FPS, load_audio, load_video
+    from llama_mtsk.configuration_llama_mtsk import VIDEO_FPS
+    from llama_mtsk.media_llama_mtsk import load_audio, load_video
     from mtsk_data.records import encode_mp4, shard_paths
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,14 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
+# The rates of the authors' data: 16 kHz audio, 25 fps video, so one video frame spans 640 audio samples; Whisper
+# encodes 50 frames per second (one per two mel frames of 10 ms). Here, not in the media module, so that the model
+# reads them without importing the decoders.
+SAMPLING_RATE = 16000
+VIDEO_FPS = 25
+SAMPLES_PER_FRAME = SAMPLING_RATE // VIDEO_FPS
+WHISPER_FRAMES_PER_SECOND = 50
+
 MODALITIES = ("audio", "video", "audiovisual")
 COMPRESSIONS = ("avg_pool", "stack")
 LORA_STRATEGIES = ("ms", "ss", "mss", "none")

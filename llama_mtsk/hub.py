@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.distributed.fsdp import FSDPModule
 
-from .media_llama_mtsk import VIDEO_FPS, WHISPER_FRAMES_PER_SECOND
+from .configuration_llama_mtsk import VIDEO_FPS, WHISPER_FRAMES_PER_SECOND
 from .modeling_llama_mtsk import CUSTOM_PIPELINES
 
 

@@ -1,10 +1,11 @@
 # Copyright 2026 The llama-mtsk authors. Licensed under the Apache License, Version 2.0.
-"""Media for Llama-MTSK: the rates the model runs at, decoding of audio files and video containers, resampling of
-waveforms and frame rates, alignment of audio to video frames, and the checks every raw waveform and clip goes through.
+"""Media for Llama-MTSK: decoding of audio files and video containers, resampling of waveforms and frame rates,
+alignment of audio to video frames, and the checks every raw waveform and clip goes through, at the rates the
+configuration module defines.
 
 This file is remote code: it travels with every checkpoint (the processor, the pipeline and the mouth-ROI extractor
-import it) and imports only numpy and torch, plus soxr, soundfile and av where a waveform is resampled or a file is
-decoded.
+import it) and imports only numpy, torch and the configuration module, plus soxr, soundfile and av where a waveform is
+resampled or a file is decoded.
 """
 
 from __future__ import annotations
@@ -17,15 +18,10 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from .configuration_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
+
 
 logger = logging.get_logger(__name__)
-
-# The rates of the authors' data: 16 kHz audio, 25 fps video, so one video frame spans 640 audio samples; Whisper
-# encodes 50 frames per second (one per two mel frames of 10 ms).
-SAMPLING_RATE = 16000
-VIDEO_FPS = 25
-SAMPLES_PER_FRAME = SAMPLING_RATE // VIDEO_FPS
-WHISPER_FRAMES_PER_SECOND = 50
 
 # Read by soundfile (libsndfile); everything else goes through PyAV's FFmpeg.
 SOUNDFILE_EXTENSIONS = (".wav", ".flac")
@@ -496,11 +492,7 @@ def prepare_audio(
 
 
 __all__ = [
-    "SAMPLES_PER_FRAME",
-    "SAMPLING_RATE",
     "SUPPORTED_EXTENSIONS",
-    "VIDEO_FPS",
-    "WHISPER_FRAMES_PER_SECOND",
     "align_audio_to_frames",
     "check_finite",
     "clip_channels",

@@ -28,7 +28,7 @@ from transformers.models.hubert.modeling_hubert import HubertEncoder, HubertEnco
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import HF_MODULES_CACHE, ModelOutput
 
-from .configuration_llama_mtsk import AVHubertConfig, LlamaMTSKConfig
+from .configuration_llama_mtsk import VIDEO_FPS, WHISPER_FRAMES_PER_SECOND, AVHubertConfig, LlamaMTSKConfig
 
 
 # The remote-code modules a checkpoint carries besides this one and its config (see `save_pretrained`).
@@ -47,8 +47,8 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
-# Whisper encodes 50 frames per second; the authors keep at least 25 of them (0.5 s) for very short clips.
-MIN_AUDIO_FRAMES = 25
+# The authors keep at least half a second of Whisper frames for very short clips.
+MIN_AUDIO_FRAMES = WHISPER_FRAMES_PER_SECOND // 2
 IGNORE_INDEX = -100
 
 
@@ -699,8 +699,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
     # -- encoders and projection -------------------------------------------------------------------------------------
 
     def audio_frame_lengths(self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None) -> torch.Tensor:
-        """Real Whisper output frames per sample (50 per second, at least 25 as in the authors' code), after checking
-        that the features fit this model's Whisper window."""
+        """Real Whisper output frames per sample (`WHISPER_FRAMES_PER_SECOND`, at least `MIN_AUDIO_FRAMES` as in the
+        authors' code), after checking that the features fit this model's Whisper window."""
         expected = self.config.audio_config.num_mel_bins, 2 * self.config.audio_config.max_source_positions
         if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
             raise ValueError(
@@ -1202,7 +1202,9 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
 
         def tokens_per_second(scale: tuple[int | None, int | None]) -> float:
             audio_rate, video_rate = scale
-            return (0 if audio_rate is None else 50 / audio_rate) + (0 if video_rate is None else 25 / video_rate)
+            audio = 0 if audio_rate is None else WHISPER_FRAMES_PER_SECOND / audio_rate
+            video = 0 if video_rate is None else VIDEO_FPS / video_rate
+            return audio + video
 
         return sorted(self.config.scales, key=tokens_per_second)
 

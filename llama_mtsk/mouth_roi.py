@@ -26,7 +26,8 @@ import os
 
 import numpy as np
 
-from .media_llama_mtsk import VIDEO_FPS, resample_frames, rgb_to_gray
+from .configuration_llama_mtsk import VIDEO_FPS
+from .media_llama_mtsk import resample_frames, rgb_to_gray
 
 
 MOUTH_LANDMARKS = slice(48, 68)

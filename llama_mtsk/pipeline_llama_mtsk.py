@@ -18,10 +18,8 @@ from torch.utils.data import DataLoader
 from transformers.pipelines.base import ChunkPipeline, no_collate_fn
 from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 
+from .configuration_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
 from .media_llama_mtsk import (
-    SAMPLES_PER_FRAME,
-    SAMPLING_RATE,
-    VIDEO_FPS,
     align_audio_to_frames,
     clip_channels,
     is_media_source,

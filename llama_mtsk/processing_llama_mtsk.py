@@ -25,11 +25,8 @@ from transformers.video_processing_utils import VideoProcessorMixin
 # `align_audio_to_frames`, `load_audiovisual`, `probe_streams` and `SAMPLES_PER_FRAME` are not used here: they are
 # re-exported because checkpoints saved before `media_llama_mtsk.py` existed had them in this module, and callers that
 # take a checkpoint's processing module (its remote code) find them here whatever the checkpoint's age.
+from .configuration_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS, WHISPER_FRAMES_PER_SECOND
 from .media_llama_mtsk import (
-    SAMPLES_PER_FRAME,
-    SAMPLING_RATE,
-    VIDEO_FPS,
-    WHISPER_FRAMES_PER_SECOND,
     MediaSource,
     align_audio_to_frames,
     check_finite,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
+from llama_mtsk.configuration_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
 
 
 # The authors' training SNRs; ``None`` is "clean" (their 999999 dB).

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, align_audio_to_frames, load_audio
+from llama_mtsk.configuration_llama_mtsk import SAMPLING_RATE
+from llama_mtsk.media_llama_mtsk import align_audio_to_frames, load_audio
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKVideoProcessor
 
 from .augment import AugmentationConfig, NoiseSource, augment_audio, augment_video, mix_at_snr, sample_rng

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_mtsk.media_llama_mtsk import SAMPLES_PER_FRAME
+from llama_mtsk.configuration_llama_mtsk import SAMPLES_PER_FRAME
 from mtsk_data.grammar import sample_sentence
 from mtsk_data.records import encode_mp4
 

@@ -52,11 +52,9 @@ import pyarrow.parquet as pq
 import soundfile
 from tqdm.auto import tqdm
 
+from llama_mtsk.configuration_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
 from llama_mtsk.media_llama_mtsk import (
-    SAMPLES_PER_FRAME,
-    SAMPLING_RATE,
     SUPPORTED_EXTENSIONS,
-    VIDEO_FPS,
     load_audio,
     load_audiovisual,
     prepare_audio,

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from av.video.reformatter import VideoReformatter
 
-from llama_mtsk.media_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
+from llama_mtsk.configuration_llama_mtsk import SAMPLING_RATE, VIDEO_FPS
 from llama_mtsk.processing_llama_mtsk import normalize_text
 
 

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from llama_mtsk.media_llama_mtsk import VIDEO_FPS
+from llama_mtsk.configuration_llama_mtsk import VIDEO_FPS
 
 
 def frame_counts(n_frames: Sequence[int], durations: Sequence[float]) -> np.ndarray:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import soxr
 
-from llama_mtsk.media_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE
+from llama_mtsk.configuration_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE
 
 from .grammar import VOCABULARY, make_splits
 from .prepare import write_auto_avsr_tree

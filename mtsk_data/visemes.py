@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from llama_mtsk.media_llama_mtsk import VIDEO_FPS
+from llama_mtsk.configuration_llama_mtsk import VIDEO_FPS
 
 
 ROI_SIZE = 96

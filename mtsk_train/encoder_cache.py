@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
-from llama_mtsk.media_llama_mtsk import WHISPER_FRAMES_PER_SECOND
+from llama_mtsk.configuration_llama_mtsk import WHISPER_FRAMES_PER_SECOND
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.augment import sample_rng, time_mask
 from mtsk_data.collator import MTSKCollator

@@ -25,7 +25,7 @@ import jiwer
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from llama_mtsk.media_llama_mtsk import SAMPLING_RATE
+from llama_mtsk.configuration_llama_mtsk import SAMPLING_RATE
 from llama_mtsk.processing_llama_mtsk import normalize_text
 from mtsk_data.collator import decode_audio
 
