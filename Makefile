@@ -24,10 +24,11 @@ demo: $(BIN)/.installed
 	$(BIN)/python train.py configs/demo.yaml
 
 # Real speech (Debian's Asterisk prompts, fetched with apt-get download) with Whisper tiny.en's encoder and
-# SmolLM2-135M-Instruct, both frozen; the embedded corpus adds eSpeak voices. Each step resumes where it stopped.
+# SmolLM2-135M-Instruct, both frozen; eSpeak reading WordNet sentences adds text and voices. Each step resumes where it
+# stopped.
 real-asr: $(BIN)/.installed
 	$(BIN)/python -m mtsk_data.prepare asterisk --out data/asterisk
-	$(BIN)/python -m mtsk_data.synth --out data/embedded
+	$(BIN)/python -m mtsk_data.wordnet_sentences --out data/wordnet --clips 1000
 	$(BIN)/python train.py configs/real_asr.yaml
 	$(BIN)/python -m mtsk_train.whisper_anchor --data data/asterisk --split test --report outputs/real_asr/final
 

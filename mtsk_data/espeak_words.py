@@ -78,6 +78,19 @@ def make_clip_record(plan: ClipPlan) -> dict:
     return make_record(plan.id, plan.text, plan.speaker, audio, None)
 
 
+def write_clips(out_dir: str, plans: list[ClipPlan], workers: int) -> tuple[int, float]:
+    """Speak and write the ``plans`` that ``out_dir``'s train shards do not hold yet (an interrupted run resumes);
+    returns how many clips were written now and their seconds of audio."""
+    seconds = 0.0
+    with ShardWriter(out_dir, "train") as writer:
+        done = writer.done_ids()
+        todo = [plan for plan in plans if plan.id not in done]
+        for record in synthesize_in_workers(make_clip_record, todo, workers):
+            writer.write(record)
+            seconds += record["duration"]
+    return len(todo), seconds
+
+
 def read_word_list(work_dir: str, debs_dir: str | None = None) -> list[str]:
     """The entries of the ``wamerican`` word list, fetched (or taken from ``debs_dir``) and unpacked under
     ``work_dir`` (no root needed)."""
@@ -114,18 +127,11 @@ def generate(out_dir: str, words: list[str], clips: int, seed: int = 0, workers:
     vocabulary = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
     settings = {"clips": clips, "seed": seed, "vocabulary_size": len(words), "vocabulary_sha256": vocabulary}
     check_generation_settings(out_dir, settings, "espeak_words")
-    plans = plan_clips(words, clips, seed)
-    seconds = 0.0
-    with ShardWriter(out_dir, "train") as writer:
-        done = writer.done_ids()
-        todo = [plan for plan in plans if plan.id not in done]
-        for record in synthesize_in_workers(make_clip_record, todo, workers):
-            writer.write(record)
-            seconds += record["duration"]
+    generated, seconds = write_clips(out_dir, plan_clips(words, clips, seed), workers)
     write_dataset_card(out_dir, settings)
     return {
         "clips": clips,
-        "generated": len(todo),
+        "generated": generated,
         "hours_generated": seconds / 3600,
         "seconds_taken": time.perf_counter() - started,
     }
