@@ -74,7 +74,7 @@ def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGene
 
         model = LlamaMTSKForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-        return model, processor
+        return model.freeze_for_training(), processor
     config_fields = {
         name: getattr(model_args, name)
         for name in (

@@ -38,6 +38,7 @@ from transformers import GenerationMixin, LlamaConfig, WhisperConfig
 
 from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
 from llama_mtsk.modeling_llama_mtsk import IGNORE_INDEX, use_lora_routes
+from mtsk_train.trainer import train_mode
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,8 @@ def build_model(
     device: torch.device = torch.device("cpu"),
     dtype: torch.dtype = torch.float32,
 ) -> LlamaMTSKForConditionalGeneration:
-    """A random-weight audio-visual model at the paper's four scales, LoRA adapters non-zero as after training."""
+    """A random-weight audio-visual model at the paper's four scales, LoRA adapters non-zero as after training, frozen
+    as training freezes it (the training-step rows back-propagate into what training trains)."""
     vocab = text_config.vocab_size
     config = LlamaMTSKConfig(
         text_config=text_config,
@@ -150,7 +152,7 @@ def build_model(
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.02)
-    return model.to(dtype).eval()
+    return model.freeze_for_training().to(dtype).eval()
 
 
 def media_inputs(model, seconds: list[float], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -291,7 +293,7 @@ def training_step_times(model, device, dtype, repeats: int, seconds: list[float]
     checkpointing; on a GPU also the peak memory (CPU memory: `cpu_training_memory`)."""
     inputs = media_inputs(model, seconds, device, dtype)
     labels = transcript_labels(len(seconds), model.config.eos_token_id, device)
-    model.train()
+    train_mode(model)
     rows = []
     for checkpointing in (False, True):
         if checkpointing:
@@ -330,7 +332,7 @@ def memory_probe(approach: str, checkpointing: bool, profile: Profile) -> None:
     model = build_model(profile.training_llm(), profile.encoders)
     inputs = media_inputs(model, profile.training_seconds, torch.device("cpu"), torch.float32)
     labels = transcript_labels(len(profile.training_seconds), model.config.eos_token_id, torch.device("cpu"))
-    model.train()
+    train_mode(model)
     if checkpointing:
         model.activation_checkpointing_enable()
     gc.collect()

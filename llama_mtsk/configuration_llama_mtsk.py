@@ -135,10 +135,11 @@ class LlamaMTSKConfig(PreTrainedConfig):
         lora_init (`str`, defaults to `"peft"`): `"peft"` (A Kaiming-uniform, B zeros: identity at start), `"authors"`
             (A zeros, B Kaiming-uniform, as the authors' module reads: also identity at start) or `"gaussian"` (A and B
             N(0, 0.02): what the authors' runs actually start from, since `from_pretrained` re-initialises them).
-        freeze_audio_encoder (`bool`, defaults to `True`): Keep Whisper frozen (and in eval mode) as in the paper.
-        freeze_video_encoder (`bool`, defaults to `True`): Keep AV-HuBERT frozen (and in eval mode) as in the paper.
-        freeze_language_model (`bool`, defaults to `True`): Keep the LLM frozen, training only its LoRA adapters, as
-            in the paper. Off only for an LLM trained from scratch (e.g. a CPU-sized demo).
+        freeze_audio_encoder (`bool`, defaults to `True`): Whisper stays fixed in training, as in the paper: the
+            forward runs it without gradients, and `freeze_for_training` freezes its parameters.
+        freeze_video_encoder (`bool`, defaults to `True`): The same for AV-HuBERT.
+        freeze_language_model (`bool`, defaults to `True`): `freeze_for_training` freezes the LLM except its LoRA
+            adapters, as in the paper. Off only for an LLM trained from scratch (e.g. a CPU-sized demo).
         prompt (`str`, *optional*): The instruction after the modality blocks. Defaults to the paper's prompt.
         prompt_token_ids (`list[int]`, *optional*): The tokenised prompt (no BOS/EOS), filled in when the model is
             assembled with its tokenizer, so that `generate` needs no `input_ids`.

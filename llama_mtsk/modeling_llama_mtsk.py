@@ -547,9 +547,7 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self._add_lora_adapters()
-        self._freeze()
         self.post_init()
-        self.train(self.training)  # puts frozen encoders in eval mode from the start
         if self.generation_config.max_new_tokens is None:
             self.generation_config.max_new_tokens = 32  # the authors' decoding limit
 
@@ -582,21 +580,21 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                 f"({type(self.language_model).__name__})"
             )
 
-    def _freeze(self) -> None:
-        """The LLM is frozen except its LoRA adapters, and the encoders are frozen, unless the config trains them."""
+    def freeze_for_training(self) -> "LlamaMTSKForConditionalGeneration":
+        """Freezes what the config says training leaves fixed, as in the paper by default: the LLM except its LoRA
+        adapters (`freeze_language_model`), Whisper (`freeze_audio_encoder`) and AV-HuBERT (`freeze_video_encoder`).
+        The projectors always train.
+
+        Training code calls it once, before building the optimizer, as it calls Wav2Vec2's `freeze_feature_encoder`;
+        the model never calls it itself, so a model built or loaded with `from_pretrained` has every parameter
+        trainable, like any transformers model. Returns the model."""
         for name, parameter in self.language_model.named_parameters():
             parameter.requires_grad_(not self.config.freeze_language_model or ".lora_A." in name or ".lora_B." in name)
         if self.config.uses_audio:
             self.audio_encoder.requires_grad_(not self.config.freeze_audio_encoder)
         if self.config.uses_video:
             self.video_encoder.requires_grad_(not self.config.freeze_video_encoder)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        # Loading replaces the parameters built in `__init__`, and with them their `requires_grad` flags.
-        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze()
-        return loaded
+        return self
 
     def initialize_weights(self) -> None:
         super().initialize_weights()
@@ -608,16 +606,6 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         for module in self.language_model.modules():
             if isinstance(module, MatryoshkaLoRALinear):
                 module.reset_adapters(self.config.lora_init, std=self.config.text_config.initializer_range)
-
-    def train(self, mode: bool = True) -> "LlamaMTSKForConditionalGeneration":
-        # Frozen encoders stay in eval mode (no dropout, fixed BatchNorm statistics). The authors left them in train
-        # mode; we deliberately do not, so that a frozen encoder is a fixed function.
-        super().train(mode)
-        if self.config.uses_audio and self.config.freeze_audio_encoder:
-            self.audio_encoder.eval()
-        if self.config.uses_video and self.config.freeze_video_encoder:
-            self.video_encoder.eval()
-        return self
 
     def save_pretrained(self, save_directory: str | Path, *args, save_original_format: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus what a checkpoint needs to run anywhere with `trust_remote_code`: the

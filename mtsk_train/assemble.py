@@ -14,7 +14,8 @@ Each part comes from where users keep it:
 The five tokens the authors add (a pad token and `<audio>`, `</audio>`, `<video>`, `</video>`) are added to the tokenizer
 and the embedding is resized, with the new rows drawn from N(0, initializer_range) as in the authors' runs. The model
 is then built on the meta device by `from_pretrained` from the parts' weights, so no part is held twice in memory,
-and only the new pieces (projectors, LoRA adapters, random encoders) are initialised.
+and only the new pieces (projectors, LoRA adapters, random encoders) are initialised. The model comes back ready to
+train: frozen as its config says (`freeze_for_training`) and in `train_mode`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from transformers.utils import logging as hf_logging
 
 from llama_mtsk import AVHubertConfig, AVHubertVideoEncoder, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from mtsk_train.trainer import train_mode
 
 
 logger = logging.getLogger(__name__)
@@ -234,7 +236,7 @@ def assemble_model(
         hf_logging.set_verbosity(verbosity)
     _check_loading(loading_info, expected_missing=_new_parameter_prefixes(config, state_dict))
     processor = LlamaMTSKProcessor.from_model_config(config, tokenizer, standardize_audio=standardize_audio)
-    return model.train(), processor
+    return train_mode(model.freeze_for_training()), processor
 
 
 def _text_token_ids(special_token_ids: dict[str, int]) -> dict[str, int]:

@@ -21,6 +21,7 @@ import torch
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
 from mtsk_train.encoder_cache import EncodedAudioCollator
+from mtsk_train.trainer import train_mode
 
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def warm_up_audio_projectors(
     rng = np.random.default_rng([seed, 23])
     device = next(model.parameters()).device
     was_training = model.training
-    model.train()
+    train_mode(model)
     losses: list[float] = []
     order: list[int] = []
     epoch = 0
@@ -73,5 +74,6 @@ def warm_up_audio_projectors(
                 "CTC warm-up of the audio projectors: step %d / %d, loss %.3f (%.0f s)",
                 step + 1, steps, sum(recent) / len(recent), time.monotonic() - started,
             )
-    model.train(was_training)
+    if not was_training:
+        model.eval()
     return losses

@@ -50,8 +50,20 @@ def copy_with_weights(
     return plain
 
 
+def train_mode(model: LlamaMTSKForConditionalGeneration) -> LlamaMTSKForConditionalGeneration:
+    """`model.train()`, except for the encoders its config freezes: they stay in eval mode (no dropout, fixed
+    BatchNorm statistics), so that a frozen encoder is a fixed function. The authors left them in train mode."""
+    model.train()
+    if model.config.uses_audio and model.config.freeze_audio_encoder:
+        model.audio_encoder.eval()
+    if model.config.uses_video and model.config.freeze_video_encoder:
+        model.video_encoder.eval()
+    return model
+
+
 class MatryoshkaTrainer(Trainer):
-    """`Trainer` with our batch sampler / streaming batches and per-scale loss logging (`loss_a4_v2`, ...)."""
+    """`Trainer` with our batch sampler / streaming batches, per-scale loss logging (`loss_a4_v2`, ...) and frozen
+    encoders in eval mode during training steps (see `train_mode`)."""
 
     def __init__(
         self,
@@ -116,6 +128,9 @@ class MatryoshkaTrainer(Trainer):
         torch.save(self.args, output_dir / TRAINING_ARGS_NAME)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if model.training:
+            # `training_step` has just put the whole model in train mode; the frozen encoders go back to eval.
+            train_mode(self.accelerator.unwrap_model(model))
         ctc_weight = getattr(self.args, "audio_ctc_weight", 0.0)
         outputs = model(**inputs, **({"audio_ctc_weight": ctc_weight} if ctc_weight and model.training else {}))
         if outputs.scale_losses is not None and model.training:

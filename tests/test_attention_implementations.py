@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llama_mtsk import AVHubertVideoEncoder, LlamaMTSKForConditionalGeneration
+from mtsk_train.trainer import train_mode
 
 from tiny_models import single_sample, tiny_config, tiny_inputs, tiny_model
 
@@ -66,7 +67,7 @@ def test_video_encoder_eager_and_sdpa_agree_with_padding(layer_norm_first):
 
 
 def test_packed_matryoshka_training_pass_eager_and_sdpa_agree():
-    model = tiny_model(modality="audiovisual", lora_strategy="mss").train()
+    model = train_mode(tiny_model(modality="audiovisual", lora_strategy="mss").freeze_for_training())
     inputs = tiny_inputs(model.config)
     labels = transcript_labels(model.config.eos_token_id)
     results = {}

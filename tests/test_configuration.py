@@ -63,6 +63,8 @@ def test_trainable_parameters_match_the_released_llama_avsr_models():
         avsr = LlamaMTSKForConditionalGeneration(
             real_config("llama-3.1-8b", 64, modality="audiovisual", audio_rates=[4], video_rates=[2], **common)
         )
+    for model in (asr, avsr):
+        model.freeze_for_training()
     trainable = lambda model: sum(p.numel() for p in model.parameters() if p.requires_grad)  # noqa: E731
     assert round(trainable(asr) / 1e6) == 42
     assert round(trainable(avsr) / 1e6) == 57

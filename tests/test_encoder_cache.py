@@ -7,6 +7,7 @@ import torch
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.collator import MTSKCollator
 from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
+from mtsk_train.trainer import train_mode
 
 from media_samples import signal
 from tiny_models import tiny_model, tiny_tokenizer
@@ -31,7 +32,7 @@ def test_cached_outputs_give_the_loss_and_transcripts_of_the_features():
     from_features = MTSKCollator(processor, modality="audio", training=False)(records)
     from_cache = EncodedAudioCollator(processor, cache)(records)
     assert torch.equal(from_cache["labels"], from_features["labels"])
-    model.train()
+    train_mode(model)
     expected = model(**from_features)
     cached = model(**from_cache)
     torch.testing.assert_close(cached.loss, expected.loss, rtol=0, atol=1e-6)

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from llama_mtsk.modeling_llama_mtsk import MatryoshkaLoRALinear, use_lora_routes
 from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from mtsk_train.trainer import train_mode
 
 from media_samples import mouth_frames, signal
 from tiny_models import tiny_inputs, tiny_model, tiny_tokenizer
@@ -119,7 +120,7 @@ def test_every_lora_layer_reads_the_active_routes_only():
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_checkpointed_recomputation_uses_the_forward_routes(use_reentrant):
-    model = tiny_model(modality="audiovisual", lora_strategy="mss").train()
+    model = train_mode(tiny_model(modality="audiovisual", lora_strategy="mss").freeze_for_training())
     inputs = tiny_inputs(model.config)
     labels = torch.tensor([[20, 21, 22, model.config.eos_token_id], [23, 24, model.config.eos_token_id, -100]])
 

@@ -5,6 +5,7 @@ import torch
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration, compress_frames
 from llama_mtsk.modeling_llama_mtsk import lora_adapter_names
+from mtsk_train.trainer import train_mode
 
 from tiny_models import single_sample, tiny_config, tiny_inputs, tiny_model
 
@@ -36,7 +37,7 @@ def test_lora_adapters_per_strategy():
 @pytest.mark.parametrize("modality", MODALITIES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_matryoshka_step_gradients_and_loss(modality, strategy):
-    model = tiny_model(modality=modality, lora_strategy=strategy).train()
+    model = train_mode(tiny_model(modality=modality, lora_strategy=strategy).freeze_for_training())
     inputs = tiny_inputs(model.config)
     labels = transcript_labels(model.config)
     output = model(**inputs, labels=labels)
@@ -80,7 +81,7 @@ def test_scale_specific_adapters_change_only_their_scale():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    model = tiny_model(lora_strategy="mss").train()
+    model = train_mode(tiny_model(lora_strategy="mss").freeze_for_training())
     inputs = tiny_inputs(model.config)
     labels = transcript_labels(model.config)
 
@@ -250,17 +251,6 @@ def test_text_path_is_the_llm_with_the_scale_adapters():
     torch.testing.assert_close(model(input_ids=ids).logits, model.language_model(input_ids=ids).logits)
 
 
-def test_loaded_models_keep_the_llm_and_frozen_encoders_frozen(tmp_path):
-    model = tiny_model(lora_strategy="mss", freeze_video_encoder=False)
-    model.save_pretrained(tmp_path)
-    loaded = LlamaMTSKForConditionalGeneration.from_pretrained(tmp_path)
-    trainable = {name for name, parameter in loaded.named_parameters() if parameter.requires_grad}
-    assert trainable == {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    assert any(name.startswith("video_encoder.") for name in trainable)
-    assert not any(name.startswith("audio_encoder.") for name in trainable)
-    assert not any(name.startswith("language_model.") and "lora_" not in name for name in trainable)
-
-
 def test_fresh_whisper_encoder_gets_its_sinusoidal_positions():
     # transformers' init pass skips modules without parameters of their own in custom-code models, which used to
     # leave a new Whisper encoder with N(0, 0.02) positions instead of sinusoids.
@@ -272,7 +262,7 @@ def test_fresh_whisper_encoder_gets_its_sinusoidal_positions():
 
 
 def test_audio_ctc_aid_adds_a_finite_loss_that_trains_the_projectors():
-    model = tiny_model(modality="audio", lora_strategy="mss", audio_rates=[4, 16]).train()
+    model = train_mode(tiny_model(modality="audio", lora_strategy="mss", audio_rates=[4, 16]).freeze_for_training())
     inputs = tiny_inputs(model.config)
     labels = transcript_labels(model.config)
     plain = model(**inputs, labels=labels)
