@@ -78,9 +78,9 @@ def make_clip_record(plan: ClipPlan) -> dict:
     return make_record(plan.id, plan.text, plan.speaker, audio, None)
 
 
-def write_clips(out_dir: str, plans: list[ClipPlan], workers: int) -> tuple[int, float]:
+def write_clips(out_dir: str, plans: list[ClipPlan], workers: int, started: float) -> dict:
     """Speak and write the ``plans`` that ``out_dir``'s train shards do not hold yet (an interrupted run resumes);
-    returns how many clips were written now and their seconds of audio."""
+    returns clips, clips generated now, hours generated and seconds taken since ``started`` (`time.perf_counter`)."""
     seconds = 0.0
     with ShardWriter(out_dir, "train") as writer:
         done = writer.done_ids()
@@ -88,7 +88,12 @@ def write_clips(out_dir: str, plans: list[ClipPlan], workers: int) -> tuple[int,
         for record in synthesize_in_workers(make_clip_record, todo, workers):
             writer.write(record)
             seconds += record["duration"]
-    return len(todo), seconds
+    return {
+        "clips": len(plans),
+        "generated": len(todo),
+        "hours_generated": seconds / 3600,
+        "seconds_taken": time.perf_counter() - started,
+    }
 
 
 def read_word_list(work_dir: str, debs_dir: str | None = None) -> list[str]:
@@ -127,14 +132,9 @@ def generate(out_dir: str, words: list[str], clips: int, seed: int = 0, workers:
     vocabulary = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
     settings = {"clips": clips, "seed": seed, "vocabulary_size": len(words), "vocabulary_sha256": vocabulary}
     check_generation_settings(out_dir, settings, "espeak_words")
-    generated, seconds = write_clips(out_dir, plan_clips(words, clips, seed), workers)
+    summary = write_clips(out_dir, plan_clips(words, clips, seed), workers, started)
     write_dataset_card(out_dir, settings)
-    return {
-        "clips": clips,
-        "generated": generated,
-        "hours_generated": seconds / 3600,
-        "seconds_taken": time.perf_counter() - started,
-    }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,14 +102,9 @@ def generate(out_dir: str, clips: int, seed: int = 0, workers: int = 2, debs_dir
     settings = {"clips": clips, "seed": seed}
     check_generation_settings(out_dir, settings, "wordnet_sentences")
     sentences, notice = read_wordnet(os.path.join(out_dir, "debian"), debs_dir)
-    generated, seconds = write_clips(out_dir, plan_clips(sentences, clips, seed), workers)
+    summary = write_clips(out_dir, plan_clips(sentences, clips, seed), workers, started)
     write_dataset_card(out_dir, settings, notice)
-    return {
-        "clips": clips,
-        "generated": generated,
-        "hours_generated": seconds / 3600,
-        "seconds_taken": time.perf_counter() - started,
-    }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
