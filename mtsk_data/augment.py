@@ -124,13 +124,6 @@ def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     return (signal64 + scale * noise64).astype(signal.dtype)
 
 
-def measure_snr_db(signal: np.ndarray, mixture: np.ndarray) -> float:
-    """The SNR in dB of ``mixture`` = ``signal`` + noise: signal power over the power of ``mixture - signal``."""
-    signal64 = signal.astype(np.float64)
-    noise_power = np.mean((mixture.astype(np.float64) - signal64) ** 2)
-    return float(10.0 * np.log10(np.mean(signal64**2) / noise_power))
-
-
 class NoiseSource:
     """A long mono noise track at 16 kHz from which segments of any length are cut.
 

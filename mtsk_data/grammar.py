@@ -55,11 +55,6 @@ def _capacity(template: tuple[str | tuple[str, ...], ...]) -> int:
     return int(np.prod([1 if isinstance(slot, str) else len(slot) for slot in template]))
 
 
-def num_sentences() -> int:
-    """How many distinct sentences the grammar can produce."""
-    return sum(_capacity(template) for template in TEMPLATES)
-
-
 def _fill(template: tuple[str | tuple[str, ...], ...], rng: np.random.Generator) -> str:
     return " ".join(slot if isinstance(slot, str) else slot[rng.integers(len(slot))] for slot in template)
 

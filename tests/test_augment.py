@@ -10,12 +10,13 @@ from mtsk_data.augment import (
     NoiseSource,
     augment_audio,
     augment_video,
-    measure_snr_db,
     mix_at_snr,
     random_crop,
     sample_rng,
     time_mask,
 )
+
+from audio_checks import measure_snr_db
 
 
 def _speechlike(num_samples: int, seed: int) -> np.ndarray:

@@ -7,12 +7,13 @@ import torch
 
 from llama_mtsk.media_llama_mtsk import load_audio
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
-from mtsk_data.augment import AugmentationConfig, measure_snr_db
+from mtsk_data.augment import AugmentationConfig
 from mtsk_data.collator import MTSKCollator, babble_from_records, decode_video
 from mtsk_data.records import ShardWriter, load_split, make_record, shard_paths
 from mtsk_data.sampler import EpochDataset, FrameBatchSampler, frame_counts
 from mtsk_data.streaming import StreamingFrameBatches
 
+from audio_checks import measure_snr_db
 from tiny_models import tiny_config, tiny_tokenizer
 
 

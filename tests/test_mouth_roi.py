@@ -19,7 +19,8 @@ from llama_mtsk.mouth_roi import (
     looks_like_mouth_roi,
     smooth_landmarks,
 )
-from mtsk_data.fake_corpus import (
+
+from fake_corpus import (
     ASTRONAUT_MOUTH_CENTRE,
     ASTRONAUT_MOUTH_CORNERS,
     astronaut,

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from llama_mtsk.media_llama_mtsk import load_audio, load_video
-from mtsk_data.fake_corpus import make_fake_lrs2, make_fake_lrs3, make_fake_voxceleb2
 from mtsk_data.prepare import (
     SKIPPED_FILE,
     Transcript,
@@ -35,6 +34,8 @@ from mtsk_data.prepare import (
     write_auto_avsr_tree,
 )
 from mtsk_data.records import shard_paths
+
+from fake_corpus import make_fake_lrs2, make_fake_lrs3, make_fake_voxceleb2
 
 
 REPO = Path(__file__).resolve().parents[1]
