@@ -26,7 +26,6 @@ from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llama_mtsk import LlamaMTSKForConditionalGeneration
-from llama_mtsk.hub import save_checkpoint
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.augment import AugmentationConfig, NoiseSource
 from mtsk_data.collator import MTSKCollator, babble_from_records, decode_corpus
@@ -39,6 +38,7 @@ from mtsk_train.averaging import average_checkpoints, last_checkpoints
 from mtsk_train.ctc_warmup import warm_up_audio_projectors
 from mtsk_train.encoder_cache import EncodedAudioCollator, check_cacheable, encode_audio_records
 from mtsk_train.evaluation import evaluate_sweep, markdown_table, wer_table, write_report
+from mtsk_train.hub import save_checkpoint
 from mtsk_train.resume import check_resume_checkpoint
 from mtsk_train.trainer import MatryoshkaTrainer, StreamingEpochCallback, TimeBudgetCallback
 

@@ -44,9 +44,9 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, Whi
 
 from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
 from llama_mtsk.configuration_llama_mtsk import DEFAULT_PROMPTS
-from llama_mtsk.hub import save_checkpoint
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_train.assemble import add_special_tokens
+from mtsk_train.hub import save_checkpoint
 
 from .avhubert import (
     DTYPES,

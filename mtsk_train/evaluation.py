@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def update_model_card(model, folder: Path, dataset: str, results: Sequence[ScaleResult], cascade: ScaleResult) -> None:
     """Rewrites the checkpoint's model card with the fixed scales' WER and the cascade's row beside the finest scale's."""
-    from llama_mtsk.hub import model_card
+    from mtsk_train.hub import model_card
 
     finest_scale = model.cascade_order()[-1]
     finest = next(

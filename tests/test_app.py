@@ -35,10 +35,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from transformers import pipeline
 
-from llama_mtsk.hub import save_checkpoint
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.records import ShardWriter, make_record
 from mtsk_train.evaluation import ScaleResult, write_report
+from mtsk_train.hub import save_checkpoint
 
 from media_samples import mouth_frames, mp4_bytes, signal, wav_bytes
 from tiny_models import tiny_model, tiny_tokenizer

@@ -45,8 +45,8 @@ def test_exported_adapter_reproduces_the_scale(strategy, adapters, tmp_path):
 
 
 def test_command_line_exports_a_checkpoint_loaded_through_remote_code(tmp_path, monkeypatch, capsys):
-    from llama_mtsk.hub import save_checkpoint
     from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+    from mtsk_train.hub import save_checkpoint
 
     model = tiny_model(modality="audio", lora_strategy="mss", audio_rates=[4, 16])
     save_checkpoint(tmp_path / "asr", model, LlamaMTSKProcessor.from_model_config(model.config, tiny_tokenizer()))

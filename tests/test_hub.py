@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
-from llama_mtsk.hub import CUSTOM_PIPELINES, save_checkpoint
+from llama_mtsk.modeling_llama_mtsk import CUSTOM_PIPELINES
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
+from mtsk_train.hub import save_checkpoint
 
 from isolated import run_isolated
 from media_samples import mouth_frames, mp4_bytes, signal, wav_bytes

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch.distributed.fsdp import FSDPModule
 
-from .configuration_llama_mtsk import VIDEO_FPS, WHISPER_FRAMES_PER_SECOND
-from .modeling_llama_mtsk import CUSTOM_PIPELINES
+from llama_mtsk.configuration_llama_mtsk import VIDEO_FPS, WHISPER_FRAMES_PER_SECOND
+from llama_mtsk.modeling_llama_mtsk import CUSTOM_PIPELINES
 
 
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForSpeechSeq2Seq", "AutoProcessor")
