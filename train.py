@@ -51,7 +51,7 @@ def prepare_corpus(data_args: DataArguments, is_main_process: bool) -> dict | No
     the generation summary (clips, hours, clips generated now, seconds taken)."""
     if not data_args.generate_embedded_corpus or not is_main_process:
         return None
-    from mtsk_data.synth import generate_corpus
+    from mtsk_data.synthetic.corpus import generate_corpus
 
     num_train, num_validation, num_test = data_args.corpus_sizes
     summary = generate_corpus(

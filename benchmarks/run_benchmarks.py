@@ -364,7 +364,7 @@ def data_pipeline(profile: Profile) -> dict[str, Any]:
     from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
     from mtsk_data.augment import AugmentationConfig, NoiseSource
     from mtsk_data.collator import MTSKCollator
-    from mtsk_data.synth import make_utterance_record, plan_corpus
+    from mtsk_data.synthetic.corpus import make_utterance_record, plan_corpus
     from mtsk_train.assemble import add_special_tokens, load_tokenizer
 
     records = [make_utterance_record(plan) for plan in plan_corpus(profile.data_clips, 0, 0, seed=11)]

@@ -12,7 +12,7 @@ and distribution permitted with its notice, which the dataset card written here 
 
     python -m mtsk_data.wordnet_sentences --out data/wordnet --clips 1000
 
-writes the ``train`` split (each sentence once, spoken by one of the 16 eSpeak voices of :mod:`mtsk_data.synth`) in
+writes the ``train`` split (each sentence once, spoken by one of the 16 eSpeak voices of :mod:`mtsk_data.synthetic.corpus`) in
 the shard layout of :mod:`mtsk_data.records`; the same arguments give the same clips.
 """
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from llama_mtsk.processing_llama_mtsk import normalize_text
 from mtsk_data.asterisk import fetch_packages
-from mtsk_data.espeak_words import ClipPlan, write_clips
-from mtsk_data.synth import SPEAKERS, check_generation_settings
+from mtsk_data.synthetic.corpus import SPEAKERS, check_generation_settings
+from mtsk_data.synthetic.espeak_words import ClipPlan, write_clips
 
 
 WORDNET_PACKAGE = "wordnet-base"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from llama_mtsk.configuration_llama_mtsk import SAMPLING_RATE
-from mtsk_data.visemes import Phoneme, is_vowel
+from mtsk_data.synthetic.visemes import Phoneme, is_vowel
 
 
 def measure_snr_db(signal: np.ndarray, mixture: np.ndarray) -> float:

@@ -1,10 +1,11 @@
 """Fake talking-face corpora in the official LRS3 layout, for testing the preparation commands end to end.
 
 The face is a real photograph that ships offline in a PyPI wheel: scikit-image's ``astronaut`` (Eileen Collins,
-NASA, public domain). Its mouth is animated per frame from a lip track (:func:`mtsk_data.visemes.lip_track`): a dark
-mouth opening is drawn between the lips, as tall and as wide as the track says, and the head moves a few pixels,
-so that a mouth-ROI extractor has to find and follow a real face. The speech is synthesized by the embedded corpus
-generator (:mod:`mtsk_data.synth`), so audio, words and lips agree.
+NASA, public domain). Its mouth is animated per frame from a lip track
+(:func:`mtsk_data.synthetic.visemes.lip_track`): a dark mouth opening is drawn between the lips, as tall and as wide
+as the track says, and the head moves a few pixels, so that a mouth-ROI extractor has to find and follow a real face.
+The speech is synthesized by the embedded corpus generator (:mod:`mtsk_data.synthetic.corpus`), so audio, words and
+lips agree.
 
 Trees: :func:`make_fake_lrs3`, :func:`make_fake_lrs2`, :func:`make_fake_voxceleb2` (official layouts); the layout
 auto_avsr's preprocessing writes comes from :func:`mtsk_data.prepare.write_auto_avsr_tree`.
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llama_mtsk.configuration_llama_mtsk import SAMPLES_PER_FRAME
-from mtsk_data.grammar import sample_sentence
 from mtsk_data.records import encode_mp4
+from mtsk_data.synthetic.grammar import sample_sentence
 
 
 FRAME_SIZE = 224  # LRS2/LRS3 face videos are 224x224
@@ -131,8 +132,8 @@ def speak(
         frames at 25 fps, and word timings. eSpeak reports phonemes, not words, so each sentence's words share its
         span from the first to the last phoneme in proportion to their length: word boundaries are approximate.
     """
-    from mtsk_data.synth import get_speaker, synthesize_utterance
-    from mtsk_data.visemes import Phoneme, lip_track
+    from mtsk_data.synthetic.corpus import get_speaker, synthesize_utterance
+    from mtsk_data.synthetic.visemes import Phoneme, lip_track
 
     audio_parts, phonemes, words = [], [], []
     offset = 0.0

@@ -74,7 +74,7 @@ def test_calibration_is_stored_in_the_checkpoint_and_loads_in_a_fresh_process(tm
 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from mtsk_data.synth import generate_corpus
+    from mtsk_data.synthetic.corpus import generate_corpus
     from mtsk_train.assemble import assemble_model
     from mtsk_train.evaluation import main as evaluation_main
     from mtsk_train.hub import save_checkpoint

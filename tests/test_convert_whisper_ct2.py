@@ -353,7 +353,7 @@ def test_whisper_tiny_en_from_the_wheel(tmp_path, monkeypatch):
     import soxr
 
     from mtsk_convert.whisper_ct2 import whisper_tiny_en_ct2_folder
-    from mtsk_data.synth import espeak
+    from mtsk_data.synthetic.corpus import espeak
     from mtsk_train.assemble import WHISPER_TINY_EN, load_audio_encoder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -17,7 +17,7 @@ from llama_mtsk.modeling_llama_mtsk import MatryoshkaLoRALinear
 from llama_mtsk.pipeline_llama_mtsk import LlamaMTSKPipeline
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from llama_mtsk.quantization import keeps_precision, llm_quantization_config, quantize_language_model
-from mtsk_data.synth import generate_corpus
+from mtsk_data.synthetic.corpus import generate_corpus
 from mtsk_train import evaluation
 
 from media_samples import mouth_frames, signal

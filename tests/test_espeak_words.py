@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mtsk_data import espeak_words
-from mtsk_data.espeak_words import common_words, generate, plan_clips
 from mtsk_data.records import load_split
-from mtsk_data.synth import SPEAKERS
+from mtsk_data.synthetic import espeak_words
+from mtsk_data.synthetic.corpus import SPEAKERS
+from mtsk_data.synthetic.espeak_words import common_words, generate, plan_clips
 
 
 class WordPieceTokenizer:

@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from mtsk_data.grammar import TEMPLATES, VOCABULARY, make_splits, sample_sentence
 from mtsk_data.records import shard_paths
-from mtsk_data.synth import (
+from mtsk_data.synthetic.corpus import (
     SPEAKERS,
     espeak,
     export_auto_avsr,
@@ -23,7 +22,8 @@ from mtsk_data.synth import (
     synthesize_utterance,
     word_token_ids,
 )
-from mtsk_data.visemes import VISEMES, Phoneme, lip_track, phoneme_visemes
+from mtsk_data.synthetic.grammar import TEMPLATES, VOCABULARY, make_splits, sample_sentence
+from mtsk_data.synthetic.visemes import VISEMES, Phoneme, lip_track, phoneme_visemes
 
 from audio_checks import intelligibility_problems
 
@@ -338,8 +338,8 @@ def test_cli(tmp_path, capsys):
 def test_corpus_tokenizer_covers_the_vocabulary_and_the_prompts(tmp_path):
     from transformers import AutoTokenizer
 
-    from mtsk_data.grammar import VOCABULARY
-    from mtsk_data.synth import write_tokenizer
+    from mtsk_data.synthetic.corpus import write_tokenizer
+    from mtsk_data.synthetic.grammar import VOCABULARY
 
     write_tokenizer(str(tmp_path / "tokenizer"))
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")

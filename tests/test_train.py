@@ -21,7 +21,7 @@ from transformers.integrations import HfDeepSpeedConfig
 import train
 from llama_mtsk.modeling_llama_mtsk import AUTO_MAP, SIBLING_MODULES
 from mtsk_data.records import load_split
-from mtsk_data.synth import generate_corpus
+from mtsk_data.synthetic.corpus import generate_corpus
 from mtsk_train.arguments import parse_arguments
 from mtsk_train.assemble import assemble_model, load_language_model
 from mtsk_train.evaluation import evaluate_scales, write_report

@@ -7,7 +7,7 @@ import pytest
 
 from mtsk_data import wordnet_sentences
 from mtsk_data.records import load_split
-from mtsk_data.synth import SPEAKERS
+from mtsk_data.synthetic.corpus import SPEAKERS
 from mtsk_data.wordnet_sentences import plan_clips, read_wordnet
 
 

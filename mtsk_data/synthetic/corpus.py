@@ -1,16 +1,16 @@
 """The embedded audio-visual corpus: eSpeak NG speech and a phoneme-driven mouth video, generated, not downloaded.
 
-For every sentence of the grammar (:mod:`mtsk_data.grammar`) a speaker says it through eSpeak NG, driven through
-its C API from the library and voices that the ``espeakng-loader`` wheel ships. The synthesis callback gives the
-audio and a phoneme event with its time for every phoneme; the audio is resampled to 16 kHz, padded with a little
+For every sentence of the grammar (:mod:`mtsk_data.synthetic.grammar`) a speaker says it through eSpeak NG, driven
+through its C API from the library and voices that the ``espeakng-loader`` wheel ships. The synthesis callback gives
+the audio and a phoneme event with its time for every phoneme; the audio is resampled to 16 kHz, padded with a little
 silence and mixed with noise at a moderate SNR, and the same phoneme timing drives a 25 fps 96x96 mouth video
-(:mod:`mtsk_data.visemes`). Speakers differ in voice, speed, pitch and mouth geometry.
+(:mod:`mtsk_data.synthetic.visemes`). Speakers differ in voice, speed, pitch and mouth geometry.
 
 The corpus is written in the shared record schema (:mod:`mtsk_data.records`) and can be exported to the auto_avsr
 file layout, so it doubles as a fake LRS3 in tests::
 
-    python -m mtsk_data.synth --out data/embedded                      # 3000 / 200 / 300 clips
-    python -m mtsk_data.synth --out data/embedded --export-auto-avsr data/embedded_auto_avsr
+    python -m mtsk_data.synthetic --out data/embedded                      # 3000 / 200 / 300 clips
+    python -m mtsk_data.synthetic --out data/embedded --export-auto-avsr data/embedded_auto_avsr
 
 Generation is deterministic given the seed and resumable: rerunning skips utterances already in finished shards.
 """
@@ -37,11 +37,10 @@ import pyarrow.parquet as pq
 import soxr
 
 from llama_mtsk.configuration_llama_mtsk import SAMPLES_PER_FRAME, SAMPLING_RATE
-
-from .grammar import VOCABULARY, make_splits
-from .prepare import write_auto_avsr_tree
-from .records import SPLITS, ShardWriter, make_record, normalize_text, shard_paths
-from .visemes import MouthGeometry, Phoneme, lip_track, render_mouth
+from mtsk_data.prepare import write_auto_avsr_tree
+from mtsk_data.records import SPLITS, ShardWriter, make_record, normalize_text, shard_paths
+from mtsk_data.synthetic.grammar import VOCABULARY, make_splits
+from mtsk_data.synthetic.visemes import MouthGeometry, Phoneme, lip_track, render_mouth
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -367,7 +366,7 @@ class UtterancePlan:
 
 
 def plan_corpus(num_train: int, num_validation: int, num_test: int, seed: int = 0) -> list[UtterancePlan]:
-    """The deterministic list of utterances of a corpus: sentences (:func:`~mtsk_data.grammar.make_splits`),
+    """The deterministic list of utterances of a corpus: sentences (:func:`~mtsk_data.synthetic.grammar.make_splits`),
     speakers (balanced: every speaker says about the same number of sentences in every split) and seeds."""
     sentences = make_splits(num_train, num_validation, num_test, seed)
     plans = []
@@ -425,7 +424,7 @@ def _write_dataset_card(out_dir: str, counts: dict[str, int], seed: int) -> None
         "# Embedded audio-visual speech corpus (generated)",
         "",
         "Synthetic speech from eSpeak NG with a 25 fps 96x96 grayscale mouth video driven by the same phonemes, made",
-        f"by `python -m mtsk_data.synth` (seed {seed}; {', '.join(f'{n} {s}' for s, n in counts.items())} clips).",
+        f"by `python -m mtsk_data.synthetic` (seed {seed}; {', '.join(f'{n} {s}' for s, n in counts.items())} clips).",
         f"{len(SPEAKERS)} speakers, {len(VOCABULARY)} words; validation and test sentences never occur in training.",
         "Columns: id, text, speaker, duration (s), n_frames (25 fps), audio (16 kHz WAV bytes), video (mp4 bytes).",
         "",
@@ -556,7 +555,9 @@ def export_auto_avsr(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the embedded audio-visual speech corpus (eSpeak NG).")
+    parser = argparse.ArgumentParser(
+        prog="python -m mtsk_data.synthetic", description="Generate the embedded audio-visual speech corpus (eSpeak NG)."
+    )
     parser.add_argument("--out", required=True, help="output folder (parquet shards under OUT/data)")
     parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-validation", type=int, default=200)
@@ -581,6 +582,3 @@ def main(argv: list[str] | None = None) -> None:
             if size:
                 print(export_auto_avsr(args.out, split, args.export_auto_avsr))
 
-
-if __name__ == "__main__":
-    main()

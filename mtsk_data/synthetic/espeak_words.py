@@ -11,10 +11,11 @@ after a space, taken in the order of their token ids: a byte-level BPE tokenizer
 this puts common words first. Words of one or two letters are kept only when they are common English words (the
 list also holds abbreviations such as "ex" or "pl").
 
-    python -m mtsk_data.espeak_words --out data/espeak_words --clips 1000
+    python -m mtsk_data.synthetic.espeak_words --out data/espeak_words --clips 1000
 
-writes the ``train`` split (clips of 1 to 12 words spoken by the 16 eSpeak voices of :mod:`mtsk_data.synth`) in
-the shard layout of :mod:`mtsk_data.records`; the same arguments give the same clips.
+writes the ``train`` split (clips of 1 to 12 words spoken by the 16 eSpeak voices of
+:mod:`mtsk_data.synthetic.corpus`) in the shard layout of :mod:`mtsk_data.records`; the same arguments give the same
+clips.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 from mtsk_data.asterisk import fetch_packages
 from mtsk_data.records import ShardWriter, make_record
-from mtsk_data.synth import SPEAKERS, check_generation_settings, synthesize_in_workers, synthesize_speech
+from mtsk_data.synthetic.corpus import SPEAKERS, check_generation_settings, synthesize_in_workers, synthesize_speech
 
 
 WORDLIST_PACKAGE = "wamerican"
@@ -115,7 +116,7 @@ def write_dataset_card(out_dir: str, settings: dict) -> None:
         "---",
         "# eSpeak NG reading random strings of common English words (generated, audio only)",
         "",
-        f"Made by `python -m mtsk_data.espeak_words` ({settings}): {settings['clips']} clips of 1 to 12 words",
+        f"Made by `python -m mtsk_data.synthetic.espeak_words` ({settings}): {settings['clips']} clips of 1 to 12 words",
         f"drawn from {settings['vocabulary_size']} words (by default the most frequent words of Debian's wamerican",
         "list, SCOWL, Copyright 2000-2011 Kevin Atkinson and others, that the LLM's tokenizer holds as one token), spoken by",
         f"{len(SPEAKERS)} eSpeak NG voices at 15-30 dB SNR. Columns: id, text, speaker, duration (s), audio (16 kHz WAV).",

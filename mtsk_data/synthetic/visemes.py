@@ -96,7 +96,7 @@ def phoneme_visemes(name: str) -> tuple[str, ...]:
         if offglide is not None:
             visemes.append("alveolar" if offglide == "L" else _VOWELS[offglide])
         return tuple(visemes)
-    raise ValueError(f"phoneme_visemes: unknown eSpeak phoneme {name!r}; add it to mtsk_data/visemes.py")
+    raise ValueError(f"phoneme_visemes: unknown eSpeak phoneme {name!r}; add it to mtsk_data/synthetic/visemes.py")
 
 
 def is_vowel(name: str) -> bool:
