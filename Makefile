@@ -28,7 +28,7 @@ demo: $(BIN)/.installed
 # stopped.
 real-asr: $(BIN)/.installed
 	$(BIN)/python -m mtsk_data.prepare asterisk --out data/asterisk
-	$(BIN)/python -m mtsk_data.wordnet_sentences --out data/wordnet --clips 1000
+	$(BIN)/python -m mtsk_data.synthetic.wordnet_sentences --out data/wordnet --clips 1000
 	$(BIN)/python train.py configs/real_asr.yaml
 	$(BIN)/python -m mtsk_train.whisper_anchor --data data/asterisk --split test --report outputs/real_asr/final
 

@@ -10,5 +10,5 @@ sys.path.insert(0, str(Path(__file__).parent))
 # One thread per test process: `make test` runs two processes on two cores, and results are bit-for-bit the same as in
 # the single-threaded subprocesses some tests start (see isolated.py).
 torch.set_num_threads(1)
-# Denormal floats make tiny random models crawl on some CPUs (research/demo_feasibility.md).
+# Denormal floats make tiny random models crawl on some CPUs (steps several times slower).
 torch.set_flush_denormal(True)

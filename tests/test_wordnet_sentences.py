@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mtsk_data import wordnet_sentences
 from mtsk_data.records import load_split
+from mtsk_data.synthetic import wordnet_sentences
 from mtsk_data.synthetic.corpus import SPEAKERS
-from mtsk_data.wordnet_sentences import plan_clips, read_wordnet
+from mtsk_data.synthetic.wordnet_sentences import plan_clips, read_wordnet
 
 
 # Two data files in WordNet's layout: the numbered license lines, then one synset per line, its gloss after "|".

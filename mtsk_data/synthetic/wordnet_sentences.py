@@ -10,7 +10,7 @@ The sentences come from Debian's ``wordnet-base`` (WordNet 3.0, Copyright 2006 b
 and distribution permitted with its notice, which the dataset card written here repeats in full). Examples of 3 to
 14 words in plain letters (no digits, no quotes inside) are kept, normalised as every transcript of the project.
 
-    python -m mtsk_data.wordnet_sentences --out data/wordnet --clips 1000
+    python -m mtsk_data.synthetic.wordnet_sentences --out data/wordnet --clips 1000
 
 writes the ``train`` split (each sentence once, spoken by one of the 16 eSpeak voices of :mod:`mtsk_data.synthetic.corpus`) in
 the shard layout of :mod:`mtsk_data.records`; the same arguments give the same clips.
@@ -82,7 +82,7 @@ def write_dataset_card(out_dir: str, settings: dict, notice: str) -> None:
         "---",
         "# eSpeak NG reading WordNet's example sentences (generated, audio only)",
         "",
-        f"Made by `python -m mtsk_data.wordnet_sentences` ({settings}): {settings['clips']} example sentences of 3 to",
+        f"Made by `python -m mtsk_data.synthetic.wordnet_sentences` ({settings}): {settings['clips']} example sentences of 3 to",
         f"14 words from WordNet 3.0 (Debian's wordnet-base), each spoken once by one of {len(SPEAKERS)} eSpeak NG voices",
         "at 15-30 dB SNR. Columns: id, text, speaker, duration (s), audio (16 kHz WAV).",
         "",
