@@ -105,15 +105,21 @@ def read_word_list(work_dir: str, debs_dir: str | None = None) -> list[str]:
         return [line.strip() for line in file if line.strip()]
 
 
+# The front matter of a generated audio-only corpus's dataset card: one train split, its parquet shards.
+TRAIN_ONLY_CARD_HEADER = [
+    "---",
+    "configs:",
+    "- config_name: default",
+    "  data_files:",
+    "  - split: train",
+    "    path: data/train-*.parquet",
+    "---",
+]
+
+
 def write_dataset_card(out_dir: str, settings: dict) -> None:
     text = "\n".join([
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/train-*.parquet",
-        "---",
+        *TRAIN_ONLY_CARD_HEADER,
         "# eSpeak NG reading random strings of common English words (generated, audio only)",
         "",
         f"Made by `python -m mtsk_data.synthetic.espeak_words` ({settings}): {settings['clips']} clips of 1 to 12 words",

@@ -28,7 +28,7 @@ import numpy as np
 from llama_mtsk.processing_llama_mtsk import normalize_text
 from mtsk_data.asterisk import fetch_packages
 from mtsk_data.synthetic.corpus import SPEAKERS, check_generation_settings
-from mtsk_data.synthetic.espeak_words import ClipPlan, write_clips
+from mtsk_data.synthetic.espeak_words import TRAIN_ONLY_CARD_HEADER, ClipPlan, write_clips
 
 
 WORDNET_PACKAGE = "wordnet-base"
@@ -73,13 +73,7 @@ def plan_clips(sentences: list[str], clips: int, seed: int) -> list[ClipPlan]:
 
 def write_dataset_card(out_dir: str, settings: dict, notice: str) -> None:
     text = "\n".join([
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/train-*.parquet",
-        "---",
+        *TRAIN_ONLY_CARD_HEADER,
         "# eSpeak NG reading WordNet's example sentences (generated, audio only)",
         "",
         f"Made by `python -m mtsk_data.synthetic.wordnet_sentences` ({settings}): {settings['clips']} example sentences of 3 to",
