@@ -8,12 +8,13 @@ learn by heart, so the projectors must carry what the audio says.
 
 The sentences come from Debian's ``wordnet-base`` (WordNet 3.0, Copyright 2006 by Princeton University; use, copying
 and distribution permitted with its notice, which the dataset card written here repeats in full). Examples of 3 to
-14 words in plain letters (no digits, no quotes inside) are kept, normalised as every transcript of the project.
+14 words of letters and plain punctuation (none with digits) are kept, normalised as every transcript of the project.
 
     python -m mtsk_data.synthetic.wordnet_sentences --out data/wordnet --clips 1000
 
-writes the ``train`` split (each sentence once, spoken by one of the 16 eSpeak voices of :mod:`mtsk_data.synthetic.corpus`) in
-the shard layout of :mod:`mtsk_data.records`; the same arguments give the same clips.
+writes the ``train`` split (each sentence once, spoken by one of the 16 eSpeak voices of
+:mod:`mtsk_data.synthetic.corpus`) in the shard layout of :mod:`mtsk_data.records`; the same arguments give the same
+clips.
 """
 
 from __future__ import annotations
