@@ -117,7 +117,11 @@ def _frame_to_array(frame, gray: bool, max_short_side: int | None) -> np.ndarray
     if max_short_side is not None and min(width, height) > max_short_side:
         factor = max_short_side / min(width, height)
         width, height = max(1, round(width * factor)), max(1, round(height * factor))
-    converted = frame.reformat(width=width, height=height, format="gray" if gray else "rgb24", interpolation="AREA")
+    # One swscale thread: by default it starts one per core, which made 96x96 mouth clips decode 4x slower on 2 cores
+    # (23 ms a clip against 6) and did not speed up 720p frames.
+    converted = frame.reformat(
+        width=width, height=height, format="gray" if gray else "rgb24", interpolation="AREA", threads=1
+    )
     return converted.to_ndarray()
 
 

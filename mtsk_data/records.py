@@ -130,10 +130,12 @@ def encode_mp4(
             audio_stream = container.add_stream("aac", rate=sample_rate, layout="mono")
             audio_stream.codec_context.thread_count = 1
 
-        # One reformatter for the clip: VideoFrame.reformat would build a new scaler context for every frame.
+        # One reformatter for the clip: VideoFrame.reformat would build a new scaler context for every frame. One
+        # scaler thread: swscale's default of one per core slows small frames down several times.
         reformatter = VideoReformatter()
         for index, array in enumerate(frames):
-            frame = reformatter.reformat(av.VideoFrame.from_ndarray(array, format=pixel_format), format="yuv420p")
+            source = av.VideoFrame.from_ndarray(array, format=pixel_format)
+            frame = reformatter.reformat(source, format="yuv420p", threads=1)
             frame.pts = index
             container.mux(video_stream.encode(frame))
         container.mux(video_stream.encode())
