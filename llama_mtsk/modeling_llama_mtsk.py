@@ -144,8 +144,9 @@ class AVHubertResEncoder(nn.Module):
         frames = stem.transpose(1, 2).flatten(0, 1)  # (B*T, C, H', W')
         # The trunk has no temporal context: run it on real frames only, padded frames stay zero.
         real = frame_mask.flatten()
-        features = frames.new_zeros(batch_size * num_frames, self.trunk.layer4[-1].bn2.num_features)
-        features[real] = self.trunk(frames[real])
+        real_features = self.trunk(frames[real])  # in the trunk's dtype, which autocast may have changed
+        features = real_features.new_zeros(batch_size * num_frames, real_features.shape[-1])
+        features[real] = real_features
         return features.view(batch_size, num_frames, -1)
 
 

@@ -99,6 +99,19 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-5, rtol=0, msg=name)
 
 
+def test_a_training_step_runs_under_bfloat16_autocast():
+    """Mixed precision (the Trainer's `bf16`, autocast): the video trunk's bfloat16 features fill the padded frames'
+    zeros in their own dtype, and the loss and every gradient stay finite."""
+    model = train_mode(tiny_model(lora_strategy="mss", freeze_video_encoder=False).freeze_for_training())
+    inputs = tiny_inputs(model.config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**inputs, labels=transcript_labels(model.config)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    gradients = [p.grad for p in model.video_encoder.parameters() if p.grad is not None]
+    assert gradients and all(torch.isfinite(gradient).all() for gradient in gradients)
+
+
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_batched_equals_single_samples(modality):
     model = tiny_model(modality=modality, lora_strategy="mss")
