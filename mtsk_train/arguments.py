@@ -164,7 +164,9 @@ class MTSKTrainingArguments(TrainingArguments):
     logging_steps: float = 10
     save_total_limit: int | None = 3
     average_last_checkpoints: int = field(default=1, metadata={"help": "Average the weights of the last N checkpoints"})
-    max_train_minutes: float | None = field(default=None, metadata={"help": "Stop training after this wall time"})
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "Stop training after this wall time (every process at the same step)"}
+    )
     audio_ctc_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of an auxiliary CTC loss aligning projected audio tokens with the LLM's input "

@@ -151,9 +151,13 @@ class MatryoshkaTrainer(Trainer):
 
 class TimeBudgetCallback(TrainerCallback):
     """Stops training once `minutes` of wall time have passed (and saves a checkpoint then), so that a run on a slow
-    machine still finishes in time; the learning-rate schedule keeps the planned number of steps."""
+    machine still finishes in time; the learning-rate schedule keeps the planned number of steps (on the demo, a
+    cosine cut at a third of its peak beat the same cosine compressed onto the steps that fit: BENCHMARKS.md). Every
+    process stops at the same step."""
 
     def __init__(self, minutes: float):
+        if minutes <= 0:
+            raise ValueError(f"TimeBudgetCallback: minutes must be positive, got {minutes}")
         self.seconds = 60.0 * minutes
         self.started = math.inf
 
@@ -161,7 +165,14 @@ class TimeBudgetCallback(TrainerCallback):
         self.started = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.started > self.seconds:
+        out_of_time = float(time.monotonic() - self.started > self.seconds)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Each process has its own clock: stop when any of them is out of time, or the others would wait forever
+            # in the next step's collectives.
+            flag = torch.tensor([out_of_time], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = flag.item()
+        if out_of_time:
             control.should_training_stop = True
             control.should_save = True
 
