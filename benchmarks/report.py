@@ -10,7 +10,8 @@ TARGETS = {
     "batching": 3.0,  # batch 8 at least 3x the clips/s of one at a time
     "data": 20.0,  # decode + augment at least 20x real time per core
 }
-DEMO_TARGETS = {"minutes": 20.0, "wer_4_2": 15.0, "wer": 40.0}
+# The demo on a 2-core machine (run_benchmarks.py --demo records such a run); on one core the bar is 15 % / 40 %.
+DEMO_TARGETS = {"minutes": 20.0, "wer_4_2": 5.0, "wer": 10.0}
 # Batch-1 decoding at the Llama 3.2-1B shape, static cache + compiled: at least 3x faster per token than eager, and
 # within 5x of the bandwidth floor (the LLM's weight bytes read once per token at the card's memory bandwidth).
 DECODING_TARGETS = {"speedup": 3.0, "floor_multiple": 5.0}
