@@ -152,8 +152,8 @@ class MatryoshkaTrainer(Trainer):
 class TimeBudgetCallback(TrainerCallback):
     """Stops training once `minutes` of wall time have passed (and saves a checkpoint then), so that a run on a slow
     machine still finishes in time; the learning-rate schedule keeps the planned number of steps (on the demo, a
-    cosine cut at a third of its peak beat the same cosine compressed onto the steps that fit: BENCHMARKS.md). Every
-    process stops at the same step."""
+    cosine cut where the budget ended beat a cosine that decays to zero within the steps that fit: BENCHMARKS.md).
+    Every process stops at the same step."""
 
     def __init__(self, minutes: float):
         if minutes <= 0:
