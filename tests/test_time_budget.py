@@ -44,6 +44,7 @@ def _one_process(rank: int, init_file: str, stopped) -> None:
 
 
 def test_every_process_stops_when_one_runs_out_of_time(tmp_path):
-    stopped = torch.multiprocessing.Manager().list([None, None])
-    torch.multiprocessing.spawn(_one_process, args=(os.fspath(tmp_path / "init"), stopped), nprocs=2)
-    assert list(stopped) == [True, True]
+    with torch.multiprocessing.Manager() as manager:
+        stopped = manager.list([None, None])
+        torch.multiprocessing.spawn(_one_process, args=(os.fspath(tmp_path / "init"), stopped), nprocs=2)
+        assert list(stopped) == [True, True]
