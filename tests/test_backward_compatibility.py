@@ -20,6 +20,7 @@ from llama_mtsk.modeling_llama_mtsk import SIBLING_MODULES
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor, LlamaMTSKVideoProcessor
 
 from isolated import run_isolated
+from media_samples import signal, wav_bytes
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint_5a62781"
@@ -66,10 +67,19 @@ def assert_matches_fixture(outputs: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture
-def checkpoint_with_current_code(tmp_path) -> Path:
-    """The fixture's files with the current remote-code modules beside them, as in a checkpoint saved today."""
+def fixture_folder(tmp_path) -> Path:
+    """The fixture's files plus `speech.wav`, the generated signal the old code read (written here, byte for byte the
+    file it read, rather than kept in the repository)."""
     folder = tmp_path / "checkpoint"
     shutil.copytree(FIXTURE, folder)
+    (folder / "speech.wav").write_bytes(wav_bytes(signal(0.8, seed=1)))
+    return folder
+
+
+@pytest.fixture
+def checkpoint_with_current_code(fixture_folder) -> Path:
+    """The fixture's files with the current remote-code modules beside them, as in a checkpoint saved today."""
+    folder = fixture_folder
     package = Path(llama_mtsk.__file__).parent
     for module_file in ("configuration_llama_mtsk.py", "modeling_llama_mtsk.py", *SIBLING_MODULES):
         shutil.copyfile(package / module_file, folder / module_file)
@@ -86,7 +96,7 @@ def test_fixture_inputs_are_what_the_readme_says():
     assert expected["pixel_values_videos_mask"].sum(dim=1).tolist() == [20, 15]
 
 
-def test_our_classes_reproduce_the_old_outputs():
+def test_our_classes_reproduce_the_old_outputs(fixture_folder):
     model = LlamaMTSKForConditionalGeneration.from_pretrained(FIXTURE).eval()
     # What `LlamaMTSKProcessor.from_pretrained` does, with the sub-processors resolved to their classes rather than
     # through the auto classes (which would ask to run the checkpoint's remote code).
@@ -97,7 +107,7 @@ def test_our_classes_reproduce_the_old_outputs():
         LlamaMTSKVideoProcessor.from_pretrained(FIXTURE),
     ]
     processor = LlamaMTSKProcessor.from_args_and_dict(sub_processors, processor_dict)
-    assert_matches_fixture(reproduce_outputs(model, processor, FIXTURE))
+    assert_matches_fixture(reproduce_outputs(model, processor, fixture_folder))
 
 
 def test_fresh_process_reproduces_the_old_outputs_through_remote_code(checkpoint_with_current_code, tmp_path):
