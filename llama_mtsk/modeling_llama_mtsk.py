@@ -733,15 +733,20 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         input_features_mask: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         pixel_values_videos_mask: torch.Tensor | None = None,
+        audio_encoder_outputs: torch.Tensor | None = None,
+        audio_encoder_outputs_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Tokens each sample feeds the LLM at `scale` before the transcript (BOS, modality blocks with their
         delimiters, prompt), without running any encoder: the number that sets the LLM's compute."""
         audio_rate, video_rate = self.config.normalize_scale(scale)
-        self._check_inputs(input_features, pixel_values_videos, None, None)
+        self._check_inputs(input_features, pixel_values_videos, None, None, audio_encoder_outputs)
         prompt_length = len(self.config.prompt_token_ids or [])
         tokens = None
         if audio_rate is not None:
-            lengths = self.audio_frame_lengths(input_features, input_features_mask)
+            if audio_encoder_outputs is not None:
+                lengths = self._encoder_output_lengths(audio_encoder_outputs_mask)
+            else:
+                lengths = self.audio_frame_lengths(input_features, input_features_mask)
             tokens = 2 + compressed_lengths(lengths, audio_rate)
         if video_rate is not None:
             lengths = self.video_frame_lengths(pixel_values_videos, pixel_values_videos_mask)
@@ -1361,6 +1366,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
         max_llm_tokens: int | None = None,
         cascade_threshold: float | None = None,
         cascade_confidence: str | None = None,
+        audio_encoder_outputs: torch.FloatTensor | None = None,
+        audio_encoder_outputs_mask: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Transcribes a batch with any of transformers' generation options (greedy, beam search, sampling, streamers,
@@ -1377,6 +1384,10 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
           `cascade_threshold` again at the next finer scale, up to the finest (`cascade_order`). The threshold and
           the confidence default to the checkpoint's calibrated ones in its generation config.
 
+        The audio may come as `audio_encoder_outputs` with `audio_encoder_outputs_mask` instead of `input_features`
+        (what `encode_audio` returns, its lengths as a mask): to transcribe the same clips at several scales while
+        running the audio encoder once.
+
         Without media this is plain text generation by the LLM with the scale's LoRA adapters."""
         media = {
             name: value
@@ -1385,6 +1396,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
                 ("input_features_mask", input_features_mask),
                 ("pixel_values_videos", pixel_values_videos),
                 ("pixel_values_videos_mask", pixel_values_videos_mask),
+                ("audio_encoder_outputs", audio_encoder_outputs),
+                ("audio_encoder_outputs_mask", audio_encoder_outputs_mask),
             )
             if value is not None
         }
@@ -1394,14 +1407,14 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             raise ValueError(f'max_llm_tokens is the budget of scale="auto", but scale is {scale!r}')
         if (cascade_threshold is not None or cascade_confidence is not None) and scale != "cascade":
             raise ValueError(f'cascade_threshold and cascade_confidence belong to scale="cascade", but scale is {scale!r}')
-        if input_features is None and pixel_values_videos is None:
+        if input_features is None and pixel_values_videos is None and audio_encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("generate needs media (`input_features` and/or `pixel_values_videos`) or `input_ids`")
             if isinstance(scale, str):
                 raise ValueError(f'scale="{scale}" chooses by the media, and there is none: give a scale')
             scale_index = self._row_scale_indices(scale, input_ids.shape[0], input_ids.device)
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, scale_index=scale_index, **generate_kwargs)
-        self._check_inputs(input_features, pixel_values_videos, input_ids, None)
+        self._check_inputs(input_features, pixel_values_videos, input_ids, None, audio_encoder_outputs)
         if scale == "cascade":
             return self._cascade(media, input_ids, attention_mask, cascade_threshold, cascade_confidence, generate_kwargs)
         if scale == "auto":

@@ -70,6 +70,11 @@ class ScaleResult:
         return (self.audio_rate, self.video_rate)
 
 
+# One decoding condition of an evaluation: the SNR of the audio (None: clean), the scale, and whether the video is
+# blanked.
+Condition = tuple[float | None, tuple, bool]
+
+
 @torch.no_grad()
 def evaluate_scales(
     model: LlamaMTSKForConditionalGeneration,
@@ -85,7 +90,7 @@ def evaluate_scales(
     blank_video: bool = False,
 ) -> tuple[list[ScaleResult], dict[str, list[str]]]:
     """Transcribes `records` at every scale (default: every trained scale) and SNR (None = clean audio). Each batch is
-    decoded once for all SNRs.
+    decoded once for all SNRs, and its audio encoded once per SNR for all scales.
 
     With `blank_video` (audio-visual models), the model gets `pixel_values_videos` of zeros, the value of the mean
     pixel after normalisation, with the clips' masks, so the same number of video tokens: the rows (`blank_video`
@@ -97,64 +102,14 @@ def evaluate_scales(
 
     Returns the results and the hypotheses per `"<scale>@<snr>"` key (`"<scale>@<snr> video blanked"` with
     `blank_video`), in record order."""
-    if blank_video and model.config.modality != "audiovisual":
-        raise ValueError(
-            "blank_video measures what the video adds to the audio: it needs an audiovisual model, got modality "
-            f"{model.config.modality!r}"
-        )
-    model.eval()
     scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
-    generate_kwargs = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False, **(generate_kwargs or {})}
-    flops_per_token = model.llm_flops_per_token()
-    device = next(model.parameters()).device
-    batch_starts = range(0, len(records), batch_size)
-    # (SNR, scale, batch index) -> (normalised transcripts, LLM input tokens per record) of this process's batches
-    outputs: dict[tuple, tuple[list[str], list[int]]] = {}
-    collators = []
-    for snr_db in snrs_db:
-        if snr_db is not None and model.config.uses_audio and noise is None:
-            raise ValueError(f"Evaluating at {snr_db} dB SNR needs a noise source (a noise file or corpus babble)")
-        augmentation = AugmentationConfig(eval_snr_db=snr_db)
-        collators.append(
-            (snr_db, MTSKCollator(processor, modality=model.config.modality, augmentation=augmentation, noise=noise))
-        )
-    for batch_index in range(process_index, len(batch_starts), num_processes):
-        start = batch_starts[batch_index]
-        decoded = decode_records(records[start : start + batch_size], processor, model.config.modality)
-        for snr_db, collator in collators:
-            batch = collator(decoded)
-            inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
-            if blank_video:
-                inputs["pixel_values_videos"] = torch.zeros_like(inputs["pixel_values_videos"])
-            for scale in scales:
-                tokens = model.count_llm_input_tokens(scale, **inputs).tolist()
-                started = time.monotonic()
-                generated = model.generate(**inputs, scale=scale, return_dict_in_generate=True, **generate_kwargs)
-                seconds = time.monotonic() - started
-                texts = [normalize_text(text) for text in processor.batch_decode(generated.sequences)]
-                outputs[(snr_db, scale, batch_index)] = (texts, tokens, generated.llm_tokens.tolist(), seconds)
-    if num_processes > 1:
-        gathered: list[dict] = [{} for _ in range(num_processes)]
-        torch.distributed.all_gather_object(gathered, outputs)
-        outputs = {key: value for process_outputs in gathered for key, value in process_outputs.items()}
-
-    references = [normalize_text(record["text"]) for record in records]
-    results, hypotheses = [], {}
-    for snr_db in snrs_db:
-        for scale in scales:
-            per_batch = [outputs[(snr_db, scale, index)] for index in range(len(batch_starts))]
-            texts = [text for batch in per_batch for text in batch[0]]
-            tokens = [count for batch in per_batch for count in batch[1]]
-            processed = [count for batch in per_batch for count in batch[2]]
-            seconds = sum(batch[3] for batch in per_batch)
-            results.append(
-                _result(references, texts, tokens, processed, seconds, flops_per_token, snr_db, audio_rate=scale[0],
-                        video_rate=scale[1], blank_video=blank_video)
-            )
-            hypotheses[f"{scale}@{snr_db}" + (" video blanked" if blank_video else "")] = texts
-    return results, hypotheses
+    conditions = [(snr_db, scale, blank_video) for snr_db in snrs_db for scale in scales]
+    return _evaluate_conditions(
+        model, processor, records, conditions, noise, batch_size, generate_kwargs, process_index, num_processes
+    )
 
 
+@torch.no_grad()
 def evaluate_sweep(
     model: LlamaMTSKForConditionalGeneration,
     processor: LlamaMTSKProcessor,
@@ -164,27 +119,109 @@ def evaluate_sweep(
     noise: NoiseSource | None = None,
     noise_scales: Sequence[tuple] | None = None,
     blank_video: bool = False,
-    **kwargs: Any,
+    batch_size: int = 16,
+    generate_kwargs: dict[str, Any] | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> tuple[list[ScaleResult], dict[str, list[str]]]:
-    """`evaluate_scales` (which gets `kwargs`) over a noise sweep and the video ablation: clean audio (None in
-    `snrs_db`) at `scales` (default: every trained scale), the other SNRs at `noise_scales` (default: `scales`), then
-    with `blank_video` every SNR of `snrs_db` at `noise_scales` again with the video blanked. The noisy SNRs and the
-    ablation can so be kept to a few scales, and the evaluation short, while the clean row of every scale stays."""
+    """`evaluate_scales` over a noise sweep and the video ablation: clean audio (None in `snrs_db`) at `scales`
+    (default: every trained scale), the other SNRs at `noise_scales` (default: `scales`), then with `blank_video`
+    every SNR of `snrs_db` at `noise_scales` again with the video blanked. The noisy SNRs and the ablation can so be
+    kept to a few scales, and the evaluation short, while the clean row of every scale stays. Each batch's audio is
+    encoded once per SNR for all of these rows."""
+    scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
     if noise_scales is None:
-        runs = [(scales, list(snrs_db), False)]
+        noise_scales = scales
+        conditions = [(snr_db, scale, False) for snr_db in snrs_db for scale in scales]
     else:
-        clean, noisy = [snr for snr in snrs_db if snr is None], [snr for snr in snrs_db if snr is not None]
-        runs = [(scales, clean, False), (noise_scales, noisy, False)]
+        noise_scales = [model.config.normalize_scale(scale) for scale in noise_scales]
+        conditions = [(snr_db, scale, False) for snr_db in snrs_db if snr_db is None for scale in scales]
+        conditions += [(snr_db, scale, False) for snr_db in snrs_db if snr_db is not None for scale in noise_scales]
     if blank_video:
-        runs.append((noise_scales if noise_scales is not None else scales, list(snrs_db), True))
+        conditions += [(snr_db, scale, True) for snr_db in snrs_db for scale in noise_scales]
+    return _evaluate_conditions(
+        model, processor, records, conditions, noise, batch_size, generate_kwargs, process_index, num_processes
+    )
+
+
+def _evaluate_conditions(
+    model: LlamaMTSKForConditionalGeneration,
+    processor: LlamaMTSKProcessor,
+    records: Sequence[dict[str, Any]],
+    conditions: Sequence[Condition],
+    noise: NoiseSource | None,
+    batch_size: int,
+    generate_kwargs: dict[str, Any] | None,
+    process_index: int,
+    num_processes: int,
+) -> tuple[list[ScaleResult], dict[str, list[str]]]:
+    """The results of `conditions`, in their order, and their hypotheses. Per batch the media are decoded once, the
+    audio mixed and encoded once per SNR, and every condition of that SNR decoded from that. A row's seconds are its
+    generate calls plus the audio encoding it used (shared with the other rows of its SNR, but part of what a
+    transcription at that scale costs)."""
+    if any(blank for _, _, blank in conditions) and model.config.modality != "audiovisual":
+        raise ValueError(
+            "blank_video measures what the video adds to the audio: it needs an audiovisual model, got modality "
+            f"{model.config.modality!r}"
+        )
+    model.eval()
+    generate_kwargs = {"max_new_tokens": 32, "num_beams": 1, "do_sample": False, **(generate_kwargs or {})}
+    flops_per_token = model.llm_flops_per_token()
+    device = next(model.parameters()).device
+    batch_starts = range(0, len(records), batch_size)
+    collators = []
+    for snr_db in dict.fromkeys(snr_db for snr_db, _, _ in conditions):
+        if snr_db is not None and model.config.uses_audio and noise is None:
+            raise ValueError(f"Evaluating at {snr_db} dB SNR needs a noise source (a noise file or corpus babble)")
+        augmentation = AugmentationConfig(eval_snr_db=snr_db)
+        collators.append(
+            (snr_db, MTSKCollator(processor, modality=model.config.modality, augmentation=augmentation, noise=noise))
+        )
+    # (condition index, batch index) -> (normalised transcripts, LLM input tokens, LLM tokens processed, seconds)
+    outputs: dict[tuple[int, int], tuple[list[str], list[int], list[int], float]] = {}
+    for batch_index in range(process_index, len(batch_starts), num_processes):
+        start = batch_starts[batch_index]
+        decoded = decode_records(records[start : start + batch_size], processor, model.config.modality)
+        for snr_db, collator in collators:
+            inputs = {name: value.to(device) for name, value in collator(decoded).items() if name != "labels"}
+            encoding_seconds = 0.0
+            if model.config.uses_audio:
+                started = time.monotonic()
+                features, lengths = model.encode_audio(inputs.pop("input_features"), inputs.pop("input_features_mask"))
+                encoding_seconds = time.monotonic() - started
+                frames = torch.arange(features.shape[1], device=device)
+                inputs["audio_encoder_outputs"] = features
+                inputs["audio_encoder_outputs_mask"] = (frames[None, :] < lengths[:, None]).long()
+            for index, (condition_snr, scale, blank) in enumerate(conditions):
+                if condition_snr != snr_db:
+                    continue
+                condition_inputs = dict(inputs)
+                if blank:
+                    condition_inputs["pixel_values_videos"] = torch.zeros_like(inputs["pixel_values_videos"])
+                tokens = model.count_llm_input_tokens(scale, **condition_inputs).tolist()
+                started = time.monotonic()
+                generated = model.generate(**condition_inputs, scale=scale, return_dict_in_generate=True, **generate_kwargs)
+                seconds = time.monotonic() - started + encoding_seconds
+                texts = [normalize_text(text) for text in processor.batch_decode(generated.sequences)]
+                outputs[(index, batch_index)] = (texts, tokens, generated.llm_tokens.tolist(), seconds)
+    if num_processes > 1:
+        gathered: list[dict] = [{} for _ in range(num_processes)]
+        torch.distributed.all_gather_object(gathered, outputs)
+        outputs = {key: value for process_outputs in gathered for key, value in process_outputs.items()}
+
+    references = [normalize_text(record["text"]) for record in records]
     results, hypotheses = [], {}
-    for run_scales, run_snrs, blank in runs:
-        if run_snrs:
-            rows, texts = evaluate_scales(
-                model, processor, records, scales=run_scales, snrs_db=run_snrs, noise=noise, blank_video=blank, **kwargs
-            )
-            results += rows
-            hypotheses.update(texts)
+    for index, (snr_db, scale, blank) in enumerate(conditions):
+        per_batch = [outputs[(index, batch_index)] for batch_index in range(len(batch_starts))]
+        texts = [text for batch in per_batch for text in batch[0]]
+        tokens = [count for batch in per_batch for count in batch[1]]
+        processed = [count for batch in per_batch for count in batch[2]]
+        seconds = sum(batch[3] for batch in per_batch)
+        results.append(
+            _result(references, texts, tokens, processed, seconds, flops_per_token, snr_db, audio_rate=scale[0],
+                    video_rate=scale[1], blank_video=blank)
+        )
+        hypotheses[f"{scale}@{snr_db}" + (" video blanked" if blank else "")] = texts
     return results, hypotheses
 
 

@@ -1,4 +1,5 @@
-"""Adaptive inference: `scale="auto"` under a token budget, and the confidence cascade from coarse to fine scales."""
+"""Adaptive inference: `scale="auto"` under a token budget, and the confidence cascade from coarse to fine scales;
+both, and fixed scales, from precomputed audio encoder outputs."""
 
 import math
 
@@ -155,3 +156,26 @@ def test_pipeline_reports_the_scale_and_cost_of_auto_and_cascade(audio_model):
     assert cascade["llm_tokens"] > asr(clips[0], scale=finest[0], generate_kwargs=FAST)["llm_tokens"]
     with pytest.raises(ValueError, match="not a choice"):
         asr(clips[0], scale="best")
+
+
+def test_generate_from_encoder_outputs_transcribes_as_from_the_features(av_model):
+    model = av_model
+    inputs = tiny_inputs(model.config)
+    features, lengths = model.encode_audio(inputs["input_features"], inputs["input_features_mask"])
+    encoded = {
+        "audio_encoder_outputs": features,
+        "audio_encoder_outputs_mask": (torch.arange(features.shape[1])[None, :] < lengths[:, None]).long(),
+        "pixel_values_videos": inputs["pixel_values_videos"],
+        "pixel_values_videos_mask": inputs["pixel_values_videos_mask"],
+    }
+    options = {"max_new_tokens": 5, "return_dict_in_generate": True}
+    budget = int(model.llm_input_tokens_per_scale(**inputs).float().mean())
+    for scale in [(4, 2), [(16, 5), (4, 2)], "auto", "cascade"]:
+        extra = {"max_llm_tokens": budget} if scale == "auto" else {"cascade_threshold": -1.0} if scale == "cascade" else {}
+        expected = model.generate(**inputs, scale=scale, **extra, **options)
+        cached = model.generate(**encoded, scale=scale, **extra, **options)
+        assert torch.equal(cached.sequences, expected.sequences), scale
+        assert cached.scales == expected.scales and torch.equal(cached.llm_tokens, expected.llm_tokens), scale
+    assert torch.equal(model.count_llm_input_tokens((4, 2), **encoded), model.count_llm_input_tokens((4, 2), **inputs))
+    with pytest.raises(ValueError, match="not both"):
+        model.generate(**inputs, audio_encoder_outputs=features, audio_encoder_outputs_mask=encoded["audio_encoder_outputs_mask"], scale=(4, 2))

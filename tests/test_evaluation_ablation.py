@@ -74,7 +74,7 @@ def test_blank_video_feeds_the_model_zeros_with_the_clips_masks_and_audio(model,
     for blank, real in zip(calls, seen_inputs, strict=True):
         assert real["pixel_values_videos"].abs().sum() > 0
         assert torch.equal(blank["pixel_values_videos"], torch.zeros_like(real["pixel_values_videos"]))
-        for name in ("pixel_values_videos_mask", "input_features", "input_features_mask"):
+        for name in ("pixel_values_videos_mask", "audio_encoder_outputs", "audio_encoder_outputs_mask"):
             assert torch.equal(blank[name], real[name]), name
     assert [row.blank_video for row in blanked] == [True, True] and not any(row.blank_video for row in seen)
     # The same clips, so the same video tokens: the ablation changes what the model sees, not what it costs.
@@ -135,3 +135,18 @@ def test_each_batch_is_decoded_once_for_every_snr(model, processor, records, noi
     evaluate_scales(model, processor, records, scales=[(16, 5)], snrs_db=[None, 5.0, 0.0], noise=noise, batch_size=3,
                     generate_kwargs=GENERATE)
     assert decoded_batches == [[record["id"] for record in records[:3]], [record["id"] for record in records[3:]]]
+
+
+def test_the_sweep_encodes_each_batchs_audio_once_per_snr(model, processor, records, noise, monkeypatch):
+    encoded = []
+    encode_audio = model.encode_audio
+
+    def counting_encode_audio(*args, **kwargs):
+        encoded.append(args[0].shape[0])
+        return encode_audio(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode_audio", counting_encode_audio)
+    results, _ = evaluate_sweep(model, processor, records, snrs_db=[None, 5.0], noise=noise, noise_scales=[(4, 2)],
+                                blank_video=True, batch_size=3, generate_kwargs=GENERATE)
+    assert len(results) == len(model.config.scales) + 1 + 2  # clean at every scale, 5 dB, both SNRs blanked
+    assert encoded == [3, 3, 2, 2]  # 2 batches x 2 SNRs, whatever the number of rows
