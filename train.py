@@ -90,6 +90,7 @@ def build_model(model_args: ModelArguments) -> tuple[LlamaMTSKForConditionalGene
         audio_encoder=model_args.audio_encoder or model_args.audio_encoder_config,
         video_encoder=model_args.video_encoder or model_args.video_encoder_config,
         modality=model_args.modality,
+        audio_window_seconds=model_args.audio_window_seconds,
         freeze_audio_encoder=model_args.freeze_audio_encoder,
         freeze_video_encoder=model_args.freeze_video_encoder,
         freeze_language_model=model_args.freeze_language_model,
@@ -200,12 +201,26 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.streaming:
             raise ValueError("cache_audio_encoder_outputs encodes the whole training split up front: drop streaming")
         check_cacheable(model, data_args.augment)
-        train_list = [train_records[index] for index in range(len(train_records))]
+        if data_args.decode_once and modality == "audio":
+            raise ValueError("decode_once has nothing to do with cache_audio_encoder_outputs for an audio-only model: "
+                             "the cache reads every clip once already; drop decode_once")
+        # With decode_once, the clips are encoded from the decoded arrays (an audio-visual model keeps their video).
+        train_list = [train_dataset[index] for index in range(len(train_dataset))]
+        encoder_outputs = encode_audio_records(
+            model,
+            processor,
+            train_list,
+            noise=noise,
+            noisy_copies=data_args.cached_noisy_copies,
+            noisy_snrs_db=[snr for snr in augmentation.train_snrs_db if snr is not None],
+            seed=training_args.seed,
+        )
         train_collator = EncodedAudioCollator(
             processor,
-            encode_audio_records(model, processor, train_list),
+            encoder_outputs,
             mask_window=data_args.encoder_output_mask_window,
             seed=training_args.seed,
+            video_collator=MTSKCollator(processor, modality="video", seed=training_args.seed) if modality == "audiovisual" else None,
         )
         if training_args.audio_ctc_warmup_steps and training_args.resume_from_checkpoint is None:
             warm_up_audio_projectors(

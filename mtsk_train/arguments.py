@@ -45,6 +45,11 @@ class ModelArguments:
     audio_encoder_config: dict[str, Any] | None = field(
         default=None, metadata={"help": "WhisperConfig fields of a randomly initialised, trainable audio encoder"}
     )
+    audio_window_seconds: int | None = field(
+        default=None,
+        metadata={"help": "Cut the pretrained audio_encoder's 30-s Whisper window to this many seconds (faster on "
+                  "short clips; longer clips are refused)"},
+    )
     video_encoder: str | None = field(
         default=None, metadata={"help": "AV-HuBERT: a folder from mtsk_convert.avhubert, or the fairseq .pt"}
     )
@@ -78,6 +83,9 @@ class ModelArguments:
     def __post_init__(self):
         if self.audio_encoder is not None and self.audio_encoder_config is not None:
             raise ValueError("Give audio_encoder (pretrained) or audio_encoder_config (random), not both")
+        if self.audio_window_seconds is not None and self.audio_encoder is None:
+            raise ValueError("audio_window_seconds cuts a pretrained audio_encoder's window; a random encoder's window "
+                             "is max_source_positions (50 per second) in audio_encoder_config")
         if self.video_encoder is not None and self.video_encoder_config is not None:
             raise ValueError("Give video_encoder (pretrained) or video_encoder_config (random), not both")
 
@@ -113,7 +121,13 @@ class DataArguments:
     cache_audio_encoder_outputs: bool = field(
         default=False,
         metadata={"help": "Run the frozen audio encoder once over the training set and reuse its outputs every epoch "
-                  "(audio modality, frozen encoder, no augmentation)"},
+                  "(a model with audio, frozen audio encoder, no augmentation)"},
+    )
+    cached_noisy_copies: int = field(
+        default=0,
+        metadata={"help": "With cache_audio_encoder_outputs: also cache each clip's audio this many times with noise "
+                  "at an SNR drawn from the noisy train_snrs_db; each epoch a clip's audio is one of its copies, "
+                  "the clean one included, drawn uniformly"},
     )
     encoder_output_mask_window: int = field(
         default=0,
@@ -135,9 +149,12 @@ class DataArguments:
         if self.decode_once and self.streaming:
             raise ValueError("decode_once holds the whole decoded training split in memory, streaming reads it shard by "
                              "shard: set one of decode_once and streaming")
-        if self.decode_once and self.cache_audio_encoder_outputs:
-            raise ValueError("decode_once has nothing to do with cache_audio_encoder_outputs, which reads every clip "
-                             "once already: drop decode_once")
+        if self.cached_noisy_copies < 0:
+            raise ValueError(f"cached_noisy_copies must be >= 0, got {self.cached_noisy_copies}")
+        if self.cached_noisy_copies and not self.cache_audio_encoder_outputs:
+            raise ValueError("cached_noisy_copies are copies in the audio encoder cache: set cache_audio_encoder_outputs")
+        if self.cached_noisy_copies and all(snr is None for snr in parse_snrs(self.train_snrs_db)):
+            raise ValueError("cached_noisy_copies draw their SNRs from train_snrs_db, which holds no noisy entry")
         if self.encoder_output_mask_window < 0:
             raise ValueError(f"encoder_output_mask_window must be >= 0 frames, got {self.encoder_output_mask_window}")
         if self.encoder_output_mask_window and not self.cache_audio_encoder_outputs:

@@ -62,7 +62,8 @@ def warm_up_audio_projectors(
             epoch += 1
         batch = collator([records[index] for index in order[:batch_size]])
         del order[:batch_size]
-        loss = model.audio_ctc_loss(**{name: tensor.to(device) for name, tensor in batch.items()})
+        audio_names = ("labels", "audio_encoder_outputs", "audio_encoder_outputs_mask")  # an audio-visual batch has video too
+        loss = model.audio_ctc_loss(**{name: batch[name].to(device) for name in audio_names})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

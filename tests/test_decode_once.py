@@ -1,7 +1,7 @@
 """Decoding once: records decoded up front give exactly the batches the collator builds from the files, with and
-without augmentation; gray clips are stored once; a corpus too large for memory, and decode_once with streaming or the
-encoder cache, are refused by name; the demo config decodes once with no loader worker; and train.py trains alike
-with and without decode_once."""
+without augmentation; gray clips are stored once; a corpus too large for memory, and decode_once with streaming, are
+refused by name; the demo config decodes once with no loader worker; and train.py trains alike with and without
+decode_once."""
 
 from __future__ import annotations
 
@@ -122,11 +122,9 @@ def test_decode_corpus_logs_its_cost_and_refuses_a_corpus_too_large_for_memory(
         decode_corpus(records, processor, "audiovisual", name="train")
 
 
-def test_decode_once_is_refused_with_streaming_and_with_the_encoder_cache():
+def test_decode_once_is_refused_with_streaming():
     with pytest.raises(ValueError, match="set one of decode_once and streaming"):
         DataArguments(decode_once=True, streaming=True)
-    with pytest.raises(ValueError, match="cache_audio_encoder_outputs, which reads every clip once already"):
-        DataArguments(decode_once=True, cache_audio_encoder_outputs=True)
 
 
 def test_demo_config_decodes_once_without_a_loader_worker_and_sweeps_noise_and_blank_video():
