@@ -37,6 +37,7 @@ import yaml
 from transformers import GenerationMixin, LlamaConfig, WhisperConfig
 
 from llama_mtsk import AVHubertConfig, LlamaMTSKConfig, LlamaMTSKForConditionalGeneration
+from llama_mtsk.configuration_llama_mtsk import WHISPER_FRAMES_PER_SECOND
 from llama_mtsk.modeling_llama_mtsk import IGNORE_INDEX, use_lora_routes
 from mtsk_train.trainer import train_mode
 
@@ -401,10 +402,12 @@ def data_pipeline(profile: Profile) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def demo_encoders() -> dict[str, dict[str, Any]]:
-    """The demo's encoder shapes (32x32 crops, a 4 s Whisper window), read from configs/demo.yaml: what the data
-    pipeline section prepares inputs for."""
+    """Encoders that take the demo's inputs (its video encoder's 32x32 crops, its Whisper window of
+    `audio_window_seconds` over 80 mel bins), read from configs/demo.yaml: what the data pipeline section prepares
+    inputs for. The audio encoder is a tiny one: the processor's work depends on the window alone."""
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    return {"audio": demo["audio_encoder_config"], "video": demo["video_encoder_config"]}
+    audio = {**TINY_ENCODERS["audio"], "max_source_positions": demo["audio_window_seconds"] * WHISPER_FRAMES_PER_SECOND}
+    return {"audio": audio, "video": demo["video_encoder_config"]}
 
 
 TINY_ENCODERS = {
