@@ -119,16 +119,13 @@ def evaluate_sweep(
     noise: NoiseSource | None = None,
     noise_scales: Sequence[tuple] | None = None,
     blank_video: bool = False,
-    batch_size: int = 16,
-    generate_kwargs: dict[str, Any] | None = None,
-    process_index: int = 0,
-    num_processes: int = 1,
+    **kwargs: Any,
 ) -> tuple[list[ScaleResult], dict[str, list[str]]]:
-    """`evaluate_scales` over a noise sweep and the video ablation: clean audio (None in `snrs_db`) at `scales`
-    (default: every trained scale), the other SNRs at `noise_scales` (default: `scales`), then with `blank_video`
-    every SNR of `snrs_db` at `noise_scales` again with the video blanked. The noisy SNRs and the ablation can so be
-    kept to a few scales, and the evaluation short, while the clean row of every scale stays. Each batch's audio is
-    encoded once per SNR for all of these rows."""
+    """`evaluate_scales` (whose other arguments are `kwargs`) over a noise sweep and the video ablation: clean audio
+    (None in `snrs_db`) at `scales` (default: every trained scale), the other SNRs at `noise_scales` (default:
+    `scales`), then with `blank_video` every SNR of `snrs_db` at `noise_scales` again with the video blanked. The
+    noisy SNRs and the ablation can so be kept to a few scales, and the evaluation short, while the clean row of every
+    scale stays. Each batch's audio is encoded once per SNR for all of these rows."""
     scales = [model.config.normalize_scale(scale) for scale in (scales or model.config.scales)]
     if noise_scales is None:
         noise_scales = scales
@@ -139,9 +136,7 @@ def evaluate_sweep(
         conditions += [(snr_db, scale, False) for snr_db in snrs_db if snr_db is not None for scale in noise_scales]
     if blank_video:
         conditions += [(snr_db, scale, True) for snr_db in snrs_db for scale in noise_scales]
-    return _evaluate_conditions(
-        model, processor, records, conditions, noise, batch_size, generate_kwargs, process_index, num_processes
-    )
+    return _evaluate_conditions(model, processor, records, conditions, noise, **kwargs)
 
 
 def _evaluate_conditions(
@@ -150,10 +145,10 @@ def _evaluate_conditions(
     records: Sequence[dict[str, Any]],
     conditions: Sequence[Condition],
     noise: NoiseSource | None,
-    batch_size: int,
-    generate_kwargs: dict[str, Any] | None,
-    process_index: int,
-    num_processes: int,
+    batch_size: int = 16,
+    generate_kwargs: dict[str, Any] | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> tuple[list[ScaleResult], dict[str, list[str]]]:
     """The results of `conditions`, in their order, and their hypotheses. Per batch the media are decoded once, the
     audio mixed and encoded once per SNR, and every condition of that SNR decoded from that. A row's seconds are its
