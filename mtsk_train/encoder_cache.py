@@ -138,11 +138,16 @@ class EncodedAudioCollator:
         self.mask_window = mask_window
         self.seed = seed
         self.video_collator = video_collator
-        self.epoch = 0
+        # Shared memory: DataLoader workers (persistent ones too) read the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch seeds the choice of copy and the masks (and the video collator's augmentation)."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
         if self.video_collator is not None:
             self.video_collator.set_epoch(epoch)
 

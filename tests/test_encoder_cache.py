@@ -174,6 +174,11 @@ def test_noisy_copies_hold_the_clip_at_the_drawn_snr_and_each_epoch_picks_one():
     chosen = torch.stack(chosen)
     assert set(chosen.unique().tolist()) == {0.0, 1.0, 2.0}
     assert not all(torch.equal(row, chosen[0]) for row in chosen)  # drawn anew each epoch
+    # A persistent DataLoader worker sees the epoch the main process sets.
+    loader = torch.utils.data.DataLoader([batch], batch_size=None, collate_fn=collator, num_workers=1, persistent_workers=True)
+    for epoch in (2, 5):
+        collator.set_epoch(epoch)
+        assert torch.equal(next(iter(loader))["audio_encoder_outputs"][:, 0, 0], chosen[epoch])
 
 
 def test_a_pretrained_whispers_window_is_cut_to_its_first_seconds(tmp_path):
