@@ -72,7 +72,7 @@ def load_asr(model: str) -> Pipeline:
     if not Path(model).exists():
         if model == DEFAULT_MODEL:
             raise SystemExit(
-                f"No checkpoint at {DEFAULT_MODEL}: train the demo first with `make demo` (about 15 minutes on two CPU "
+                f"No checkpoint at {DEFAULT_MODEL}: train the demo first with `make demo` (about 13 minutes on two CPU "
                 f"cores), or pass --model with a Llama-MTSK checkpoint folder or Hub id (on a Space: set the "
                 f"{MODEL_VARIABLE} variable)."
             )

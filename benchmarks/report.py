@@ -96,9 +96,9 @@ def _demo_section(demo: dict[str, Any]) -> list[str]:
         ]
     total = summary["total_minutes"]
     lines += [
-        f"Training (`configs/demo.yaml`: every part from scratch, {summary['trainable_parameters'] / 1e6:.1f} M "
-        f"parameters): {summary['steps']} steps, {_final_loss(summary)}; corpus + training "
-        f"{summary['train_minutes']:.1f} min. "
+        f"Training (`configs/demo.yaml`: Whisper tiny.en's encoder frozen, the rest from scratch, "
+        f"{summary['trainable_parameters'] / 1e6:.1f} M trained parameters): {summary['steps']} steps, "
+        f"{_final_loss(summary)}; corpus, decoding, the Whisper pass and training {summary['train_minutes']:.1f} min. "
         f"Whole run (with evaluation, saving and the pipeline example): "
         f"**{total:.1f} min** (target < 20 min: {_verdict(total < DEMO_TARGETS['minutes'])}).",
         "",
