@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         lengths = frame_counts(train_records["n_frames"], train_records["duration"])
         train_batches = FrameBatchSampler(lengths, data_args.max_frames, seed=training_args.seed)
+    if data_args.decode_once and data_args.cache_audio_encoder_outputs and modality == "audio":
+        raise ValueError("decode_once has nothing to do with cache_audio_encoder_outputs for an audio-only model: the "
+                         "cache reads every clip once already; drop decode_once")
     train_dataset = train_records
     if data_args.decode_once:  # the same batches as from the files, without a decoding worker competing for the cores
         train_dataset = decode_corpus(train_records, processor, modality, name=data_args.train_split)
@@ -201,9 +204,6 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.streaming:
             raise ValueError("cache_audio_encoder_outputs encodes the whole training split up front: drop streaming")
         check_cacheable(model, data_args.augment)
-        if data_args.decode_once and modality == "audio":
-            raise ValueError("decode_once has nothing to do with cache_audio_encoder_outputs for an audio-only model: "
-                             "the cache reads every clip once already; drop decode_once")
         # With decode_once, the clips are encoded from the decoded arrays (an audio-visual model keeps their video).
         train_list = [train_dataset[index] for index in range(len(train_dataset))]
         encoder_outputs = encode_audio_records(
@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
             encoder_outputs,
             mask_window=data_args.encoder_output_mask_window,
             seed=training_args.seed,
-            video_collator=MTSKCollator(processor, modality="video", seed=training_args.seed) if modality == "audiovisual" else None,
+            video_collator=(
+                MTSKCollator(processor, modality="video", seed=training_args.seed) if modality == "audiovisual" else None
+            ),
         )
         if training_args.audio_ctc_warmup_steps and training_args.resume_from_checkpoint is None:
             warm_up_audio_projectors(

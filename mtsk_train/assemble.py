@@ -133,11 +133,11 @@ def load_audio_encoder(
 ) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
     """(config, encoder state dict) of a Whisper checkpoint, or (a random encoder's config, {}) for a dict.
 
-    `window_seconds` cuts a pretrained Whisper's 30-s window to its first seconds (the first
-    `window_seconds * 50` positional embeddings). Whisper's cost follows its window, not the clip: on clips of a few
-    seconds a 4-s window runs about 13 times faster than 30 s, and the encoder still hears the words (Whisper tiny.en's
-    own decoder, untouched, transcribed the demo corpus's clips we tried about as well from 4 s as from 30 s). The processor
-    built from the model's config refuses clips longer than the window.
+    `window_seconds` cuts a pretrained Whisper's 30-s window to its first seconds (the first `window_seconds * 50`
+    positional embeddings). Whisper's cost follows its window, not the clip: on clips of a few seconds a 4-s window
+    runs about 13 times faster than 30 s, and the encoder still hears the words (Whisper tiny.en's own decoder,
+    untouched, made about as many errors on the demo corpus's clips from 4 s as from 30 s). The processor built from
+    the model's config refuses clips longer than the window.
     """
     if isinstance(source, dict):
         if window_seconds is not None:
