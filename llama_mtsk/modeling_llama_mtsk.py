@@ -776,6 +776,16 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             features = self.audio_encoder(input_features.to(self.audio_encoder.dtype)).last_hidden_state
         return features, lengths
 
+    def precompute_audio_encoder_outputs(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`encode_audio` as the inputs `forward` and `generate` take instead of `input_features`:
+        `audio_encoder_outputs` and `audio_encoder_outputs_mask` (1 on each clip's real frames). For decoding the same
+        clips several times (at several scales, with and without noise in the video) with one audio encoder pass."""
+        features, lengths = self.encode_audio(input_features, input_features_mask)
+        frames = torch.arange(features.shape[1], device=features.device)
+        return {"audio_encoder_outputs": features, "audio_encoder_outputs_mask": (frames[None, :] < lengths[:, None]).long()}
+
     def _encoder_output_lengths(self, audio_encoder_outputs_mask: torch.Tensor | None) -> torch.Tensor:
         """Real frames per sample of precomputed audio encoder outputs (their mask is required: the outputs of
         different clips are cut to different lengths and zero-padded)."""
@@ -1385,8 +1395,8 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
           the confidence default to the checkpoint's calibrated ones in its generation config.
 
         The audio may come as `audio_encoder_outputs` with `audio_encoder_outputs_mask` instead of `input_features`
-        (what `encode_audio` returns, its lengths as a mask): to transcribe the same clips at several scales while
-        running the audio encoder once.
+        (`precompute_audio_encoder_outputs`): to transcribe the same clips at several scales while running the audio
+        encoder once, as the cascade does for its passes.
 
         Without media this is plain text generation by the LLM with the scale's LoRA adapters."""
         media = {
@@ -1416,6 +1426,9 @@ class LlamaMTSKForConditionalGeneration(LlamaMTSKPreTrainedModel, GenerationMixi
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, scale_index=scale_index, **generate_kwargs)
         self._check_inputs(input_features, pixel_values_videos, input_ids, None, audio_encoder_outputs)
         if scale == "cascade":
+            if input_features is not None:  # every pass reads the same audio: Whisper runs once, not once per pass
+                media = {name: value for name, value in media.items() if not name.startswith("input_features")}
+                media.update(self.precompute_audio_encoder_outputs(input_features, input_features_mask))
             return self._cascade(media, input_ids, attention_mask, cascade_threshold, cascade_confidence, generate_kwargs)
         if scale == "auto":
             scale = self.scales_within_budget(max_llm_tokens, **media)

@@ -182,11 +182,10 @@ def _evaluate_conditions(
             encoding_seconds = 0.0
             if model.config.uses_audio:
                 started = time.monotonic()
-                features, lengths = model.encode_audio(inputs.pop("input_features"), inputs.pop("input_features_mask"))
+                inputs.update(
+                    model.precompute_audio_encoder_outputs(inputs.pop("input_features"), inputs.pop("input_features_mask"))
+                )
                 encoding_seconds = time.monotonic() - started
-                frames = torch.arange(features.shape[1], device=device)
-                inputs["audio_encoder_outputs"] = features
-                inputs["audio_encoder_outputs_mask"] = (frames[None, :] < lengths[:, None]).long()
             for index, (condition_snr, scale, blank) in enumerate(conditions):
                 if condition_snr != snr_db:
                     continue

@@ -161,10 +161,8 @@ def test_pipeline_reports_the_scale_and_cost_of_auto_and_cascade(audio_model):
 def test_generate_from_encoder_outputs_transcribes_as_from_the_features(av_model):
     model = av_model
     inputs = tiny_inputs(model.config)
-    features, lengths = model.encode_audio(inputs["input_features"], inputs["input_features_mask"])
     encoded = {
-        "audio_encoder_outputs": features,
-        "audio_encoder_outputs_mask": (torch.arange(features.shape[1])[None, :] < lengths[:, None]).long(),
+        **model.precompute_audio_encoder_outputs(inputs["input_features"], inputs["input_features_mask"]),
         "pixel_values_videos": inputs["pixel_values_videos"],
         "pixel_values_videos_mask": inputs["pixel_values_videos_mask"],
     }
@@ -178,4 +176,20 @@ def test_generate_from_encoder_outputs_transcribes_as_from_the_features(av_model
         assert cached.scales == expected.scales and torch.equal(cached.llm_tokens, expected.llm_tokens), scale
     assert torch.equal(model.count_llm_input_tokens((4, 2), **encoded), model.count_llm_input_tokens((4, 2), **inputs))
     with pytest.raises(ValueError, match="not both"):
-        model.generate(**inputs, audio_encoder_outputs=features, audio_encoder_outputs_mask=encoded["audio_encoder_outputs_mask"], scale=(4, 2))
+        model.generate(**inputs, audio_encoder_outputs=encoded["audio_encoder_outputs"],
+                       audio_encoder_outputs_mask=encoded["audio_encoder_outputs_mask"], scale=(4, 2))
+
+
+def test_the_cascade_runs_the_audio_encoder_once_for_all_its_passes(av_model, monkeypatch):
+    inputs = tiny_inputs(av_model.config)
+    calls = []
+    encode_audio = av_model.encode_audio
+
+    def counting_encode_audio(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return encode_audio(*args, **kwargs)
+
+    monkeypatch.setattr(av_model, "encode_audio", counting_encode_audio)
+    output = av_model.generate(**inputs, scale="cascade", cascade_threshold=math.inf, return_dict_in_generate=True, **FAST)
+    assert output.scales == [av_model.cascade_order()[-1]] * 2  # every pass ran
+    assert calls == [2]
