@@ -105,7 +105,23 @@ def decode_video(
     return value
 
 
-class MTSKCollator:
+class SharedEpoch:
+    """The epoch whose augmentation a collator draws, in shared memory: DataLoader workers (persistent ones too) read
+    the epoch the main process sets."""
+
+    def __init__(self) -> None:
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation the next batches draw."""
+        self._epoch.fill_(epoch)
+
+
+class MTSKCollator(SharedEpoch):
     """Records -> ``input_features``, ``input_features_mask``, ``pixel_values_videos``, ``pixel_values_videos_mask``,
     ``labels`` (only the inputs the modality uses, plus labels).
 
@@ -152,16 +168,7 @@ class MTSKCollator:
                 raise ValueError(
                     f"MTSKCollator: eval_snr_db={self.augmentation.eval_snr_db} needs a NoiseSource, got noise=None"
                 )
-        # Shared memory: DataLoader workers (persistent ones too) read the epoch the main process sets.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentation the next batches draw."""
-        self._epoch.fill_(epoch)
+        super().__init__()
 
     def _video(self, record: Mapping[str, Any], rng: np.random.Generator | None) -> np.ndarray:
         video_processor = self.processor.video_processor

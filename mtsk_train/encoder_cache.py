@@ -28,7 +28,7 @@ from llama_mtsk import LlamaMTSKForConditionalGeneration
 from llama_mtsk.configuration_llama_mtsk import SAMPLING_RATE, WHISPER_FRAMES_PER_SECOND
 from llama_mtsk.processing_llama_mtsk import LlamaMTSKProcessor
 from mtsk_data.augment import NoiseSource, mix_at_snr, sample_rng, time_mask
-from mtsk_data.collator import MTSKCollator
+from mtsk_data.collator import MTSKCollator, SharedEpoch
 
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def encode_audio_records(
     return outputs
 
 
-class EncodedAudioCollator:
+class EncodedAudioCollator(SharedEpoch):
     """Records -> `audio_encoder_outputs`, `audio_encoder_outputs_mask` (from the cache) and `labels` (the processor's
     transcript tokens); with `video_collator` (an audio-visual model), also its `pixel_values_videos` and mask.
 
@@ -138,16 +138,11 @@ class EncodedAudioCollator:
         self.mask_window = mask_window
         self.seed = seed
         self.video_collator = video_collator
-        # Shared memory: DataLoader workers (persistent ones too) read the epoch the main process sets.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
+        super().__init__()
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch seeds the choice of copy and the masks (and the video collator's augmentation)."""
-        self._epoch.fill_(epoch)
+        super().set_epoch(epoch)
         if self.video_collator is not None:
             self.video_collator.set_epoch(epoch)
 
