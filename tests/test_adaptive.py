@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tiny_models import single_sample, tiny_inputs, tiny_model
+from tiny_models import count_audio_encodings, single_sample, tiny_inputs, tiny_model
 
 
 FAST = {"max_new_tokens": 6}
@@ -159,37 +159,34 @@ def test_pipeline_reports_the_scale_and_cost_of_auto_and_cascade(audio_model):
 
 
 def test_generate_from_encoder_outputs_transcribes_as_from_the_features(av_model):
-    model = av_model
-    inputs = tiny_inputs(model.config)
+    inputs = tiny_inputs(av_model.config)
     encoded = {
-        **model.precompute_audio_encoder_outputs(inputs["input_features"], inputs["input_features_mask"]),
+        **av_model.precompute_audio_encoder_outputs(inputs["input_features"], inputs["input_features_mask"]),
         "pixel_values_videos": inputs["pixel_values_videos"],
         "pixel_values_videos_mask": inputs["pixel_values_videos_mask"],
     }
     options = {"max_new_tokens": 5, "return_dict_in_generate": True}
-    budget = int(model.llm_input_tokens_per_scale(**inputs).float().mean())
+    budget = int(av_model.llm_input_tokens_per_scale(**inputs).float().mean())
+    # A threshold between the two rows' confidences at the coarsest scale: one row stops there, the other goes on.
+    coarsest = av_model.generate(**inputs, scale="cascade", cascade_threshold=-math.inf, **options)
+    threshold = float(coarsest.confidences.mean())
     for scale in [(4, 2), [(16, 5), (4, 2)], "auto", "cascade"]:
-        extra = {"max_llm_tokens": budget} if scale == "auto" else {"cascade_threshold": -1.0} if scale == "cascade" else {}
-        expected = model.generate(**inputs, scale=scale, **extra, **options)
-        cached = model.generate(**encoded, scale=scale, **extra, **options)
+        extra = {"max_llm_tokens": budget} if scale == "auto" else {"cascade_threshold": threshold} if scale == "cascade" else {}
+        expected = av_model.generate(**inputs, scale=scale, **extra, **options)
+        cached = av_model.generate(**encoded, scale=scale, **extra, **options)
         assert torch.equal(cached.sequences, expected.sequences), scale
         assert cached.scales == expected.scales and torch.equal(cached.llm_tokens, expected.llm_tokens), scale
-    assert torch.equal(model.count_llm_input_tokens((4, 2), **encoded), model.count_llm_input_tokens((4, 2), **inputs))
+        if scale == "cascade":
+            assert len(set(cached.scales)) == 2  # the rows ended at different scales
+    assert torch.equal(av_model.count_llm_input_tokens((4, 2), **encoded), av_model.count_llm_input_tokens((4, 2), **inputs))
     with pytest.raises(ValueError, match="not both"):
-        model.generate(**inputs, audio_encoder_outputs=encoded["audio_encoder_outputs"],
-                       audio_encoder_outputs_mask=encoded["audio_encoder_outputs_mask"], scale=(4, 2))
+        av_model.generate(**inputs, audio_encoder_outputs=encoded["audio_encoder_outputs"],
+                          audio_encoder_outputs_mask=encoded["audio_encoder_outputs_mask"], scale=(4, 2))
 
 
 def test_the_cascade_runs_the_audio_encoder_once_for_all_its_passes(av_model, monkeypatch):
     inputs = tiny_inputs(av_model.config)
-    calls = []
-    encode_audio = av_model.encode_audio
-
-    def counting_encode_audio(*args, **kwargs):
-        calls.append(args[0].shape[0])
-        return encode_audio(*args, **kwargs)
-
-    monkeypatch.setattr(av_model, "encode_audio", counting_encode_audio)
+    calls = count_audio_encodings(av_model, monkeypatch)
     output = av_model.generate(**inputs, scale="cascade", cascade_threshold=math.inf, return_dict_in_generate=True, **FAST)
     assert output.scales == [av_model.cascade_order()[-1]] * 2  # every pass ran
     assert calls == [2]

@@ -17,7 +17,7 @@ from mtsk_data.records import make_record
 from mtsk_train.evaluation import evaluate_scales, evaluate_sweep, markdown_table, wer_table, write_report
 
 from media_samples import mouth_frames, signal
-from tiny_models import WORDS, tiny_model, tiny_tokenizer
+from tiny_models import WORDS, count_audio_encodings, tiny_model, tiny_tokenizer
 
 
 GENERATE = {"max_new_tokens": 3}
@@ -138,14 +138,7 @@ def test_each_batch_is_decoded_once_for_every_snr(model, processor, records, noi
 
 
 def test_the_sweep_encodes_each_batchs_audio_once_per_snr(model, processor, records, noise, monkeypatch):
-    encoded = []
-    encode_audio = model.encode_audio
-
-    def counting_encode_audio(*args, **kwargs):
-        encoded.append(args[0].shape[0])
-        return encode_audio(*args, **kwargs)
-
-    monkeypatch.setattr(model, "encode_audio", counting_encode_audio)
+    encoded = count_audio_encodings(model, monkeypatch)
     results, _ = evaluate_sweep(model, processor, records, snrs_db=[None, 5.0], noise=noise, noise_scales=[(4, 2)],
                                 blank_video=True, batch_size=3, generate_kwargs=GENERATE)
     assert len(results) == len(model.config.scales) + 1 + 2  # clean at every scale, 5 dB, both SNRs blanked

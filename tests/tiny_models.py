@@ -171,3 +171,16 @@ def single_sample(inputs: dict[str, torch.Tensor], row: int) -> dict[str, torch.
         sample["pixel_values_videos"] = sample["pixel_values_videos"][:, :frames]
         sample["pixel_values_videos_mask"] = sample["pixel_values_videos_mask"][:, :frames]
     return sample
+
+
+def count_audio_encodings(model: LlamaMTSKForConditionalGeneration, monkeypatch) -> list[int]:
+    """The batch size of every `model.encode_audio` call from now on (encoding itself still runs)."""
+    calls = []
+    encode_audio = model.encode_audio
+
+    def counting_encode_audio(input_features, *args, **kwargs):
+        calls.append(input_features.shape[0])
+        return encode_audio(input_features, *args, **kwargs)
+
+    monkeypatch.setattr(model, "encode_audio", counting_encode_audio)
+    return calls
